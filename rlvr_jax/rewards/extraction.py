@@ -1,0 +1,82 @@
+"""Final-answer extraction from a model completion.
+
+The answer of a completion is, in order of precedence:
+
+1. the content of the **last** ``\\boxed{...}`` (or ``\\fbox{...}``), matched with balanced
+   braces so ``\\boxed{\\frac{1}{2}}`` gives ``\\frac{1}{2}``;
+2. otherwise the text after the last ``#### `` marker (GSM8K style), up to the end of line;
+3. otherwise the text after the last "The (final) answer is" (case-insensitive), up to the end
+   of the sentence or line, with a trailing ``$`` / ``.`` stripped.
+
+A completion with none of these has no answer (``None``) and is scored 0: a format-only
+output never earns reward by accident. Every scan is linear in the completion length, so a
+1 MB completion costs milliseconds; answers longer than ``max_chars`` are rejected as
+``None`` (no real final answer is that long, and downstream parsers are super-linear).
+"""
+
+from __future__ import annotations
+
+import re
+
+MAX_ANSWER_CHARS = 1000
+
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BRACE = re.compile(r"[{}]")
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_HASHES = re.compile(r"####[ \t]*([^\n]*)")
+_ANSWER_IS = re.compile(r"(?:final\s+)?answer\s+is\s*:?\s*([^\n]*)", re.IGNORECASE)
+
+
+def _closing_braces(text: str, start: int) -> dict[int, int]:
+    """Map each ``{`` at or after ``start`` to the index of its matching ``}`` (one pass)."""
+    open_stack: list[int] = []
+    closing: dict[int, int] = {}
+    for brace in _BRACE.finditer(text, start):
+        if brace.group() == "{":
+            open_stack.append(brace.start())
+        elif open_stack:
+            closing[open_stack.pop()] = brace.start()
+    return closing
+
+
+def extract_boxed(text: str) -> str | None:
+    """Content of the last balanced ``\\boxed{...}`` in ``text``, or None.
+
+    A truncated (unbalanced) last box falls back to the last balanced one. One pass over the
+    braces after the first box, so the cost is linear even for adversarial nesting.
+    """
+    starts = [match.end() - 1 for match in _BOXED.finditer(text)]
+    if not starts:
+        return None
+    closing = _closing_braces(text, starts[0])
+    for open_index in reversed(starts):
+        if open_index in closing:
+            return text[open_index + 1 : closing[open_index]].strip()
+    return None
+
+
+def _clean_sentence(answer: str) -> str:
+    """Cut a free-text answer at the end of its sentence and strip wrapping ``$`` and dots."""
+    answer = answer.strip()
+    sentence_end = re.search(r"\.(?:\s|$)", answer)
+    if sentence_end is not None:
+        answer = answer[: sentence_end.start()]
+    return answer.strip().strip("$").strip().rstrip(".").strip()
+
+
+def extract_answer(text: str, max_chars: int = MAX_ANSWER_CHARS) -> str | None:
+    """The final answer string of a completion (see the module docstring), or None."""
+    answer = extract_boxed(text)
+    if answer is None:
+        hashes = list(_HASHES.finditer(text))
+        if hashes:
+            answer = hashes[-1].group(1).strip()
+            if _THOUSANDS.fullmatch(answer):
+                answer = answer.replace(",", "")
+    if answer is None:
+        stated = list(_ANSWER_IS.finditer(text))
+        if stated:
+            answer = _clean_sentence(stated[-1].group(1))
+    if not answer or len(answer) > max_chars:
+        return None
+    return answer
