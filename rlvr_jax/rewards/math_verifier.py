@@ -17,7 +17,6 @@ Rewards are binary: 1.0 when ``verify`` says equivalent, else 0.0.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 from collections.abc import Sequence
@@ -25,32 +24,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from rlvr_jax.rewards.extraction import extract_answer
-from rlvr_jax.rewards.pool import CRASH, OK, TIMEOUT, TimeoutPool
-
-NO_ANSWER = "no_answer"
-
-
-@dataclasses.dataclass(frozen=True)
-class ScoreReport:
-    """Rewards of one ``score`` call and how each item ended.
-
-    ``statuses[i]`` is ``"ok"``, ``"no_answer"``, ``"timeout"`` or ``"crash"``.
-    """
-
-    rewards: np.ndarray  # [N] float32 in {0, 1}
-    statuses: tuple[str, ...]
-
-    @property
-    def timeouts(self) -> int:
-        return self.statuses.count(TIMEOUT)
-
-    @property
-    def crashes(self) -> int:
-        return self.statuses.count(CRASH)
-
-    @property
-    def no_answer(self) -> int:
-        return self.statuses.count(NO_ANSWER)
+from rlvr_jax.rewards.pool import OK, TimeoutPool
+from rlvr_jax.rewards.report import NO_ANSWER, ScoreReport
 
 
 def _strip_math_delimiters(answer: str) -> str:

@@ -142,8 +142,8 @@ class TimeoutPool:
         except (EOFError, OSError):
             if not worker.ready:
                 code = worker.process.exitcode
-                message = f"a verifier worker died while starting (exit code {code})"
-                raise RuntimeError(message) from None
+                reason = f"a verifier worker died while starting (exit code {code})"
+                raise RuntimeError(reason) from None
             if worker.job is not None:
                 code = worker.process.exitcode
                 outcomes[worker.job] = Outcome(CRASH, error=f"worker died (exit code {code})")

@@ -1,0 +1,88 @@
+"""Binary rewards for reasoning-gym tasks, scored in the timeout process pool.
+
+reasoning-gym scorers return partial credit (countdown gives 0.05 for a wrong expression
+that uses the right numbers; the default scorer gives ``len(gold) / len(answer)`` when the
+gold answer is a substring). Partial credit is not a correct answer, so the reward is
+``1.0 if score >= 1.0 else 0.0``. Some scorers evaluate the answer with SymPy's
+``parse_expr`` (which calls ``eval``), so scoring runs in pool workers, never in the trainer,
+and answers to the tasks below must first have the shape of an answer: countdown answers may
+hold only digits, spaces, ``+-*/`` and parentheses (no code reaches ``eval``); the numeric
+tasks need a single number (gsm_symbolic's scorer would otherwise accept the first number of
+``"288 or 300"``). Other reasoning-gym tasks are scored by their own scorer unguarded.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from rlvr_jax.rewards.extraction import extract_answer
+from rlvr_jax.rewards.pool import OK, TimeoutPool
+from rlvr_jax.rewards.report import NO_ANSWER, ScoreReport
+
+_NUMBER = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+ANSWER_SHAPES: dict[str, re.Pattern] = {
+    "countdown": re.compile(r"[\d\s+\-*/()]+"),
+    "basic_arithmetic": _NUMBER,
+    "chain_sum": _NUMBER,
+    "gsm_symbolic": _NUMBER,
+}
+
+
+@functools.lru_cache(maxsize=64)
+def _scorer(task_name: str):
+    import reasoning_gym
+
+    return reasoning_gym.get_score_answer_fn(task_name)
+
+
+def binary_procedural_score(answer: str, entry: dict[str, Any]) -> float:
+    """1.0 if reasoning-gym gives ``answer`` full credit on ``entry``, else 0.0 (in a worker)."""
+    task_name = entry["metadata"]["source_dataset"]
+    shape = ANSWER_SHAPES.get(task_name)
+    if shape is not None and not shape.fullmatch(answer.strip()):
+        return 0.0
+    score = _scorer(task_name)(answer, entry)
+    return 1.0 if score >= 1.0 else 0.0
+
+
+class ProceduralVerifier:
+    """Batched binary scoring of reasoning-gym examples with a hard per-item timeout."""
+
+    def __init__(self, num_workers: int = 2, timeout_s: float = 5.0):
+        self._pool_args = dict(
+            num_workers=num_workers,
+            timeout_s=timeout_s,
+            preload=("reasoning_gym", "rlvr_jax.rewards.procedural"),
+        )
+        self._pool: TimeoutPool | None = None
+
+    def score(self, completions: Sequence[str], entries: Sequence[dict]) -> ScoreReport:
+        """Rewards ``[N]`` float32 in {0, 1} for completions against reasoning-gym entries."""
+        if len(completions) != len(entries):
+            raise ValueError(f"{len(completions)} completions but {len(entries)} entries")
+        answers = [extract_answer(completion) for completion in completions]
+        to_score = [i for i, answer in enumerate(answers) if answer is not None]
+        statuses = [NO_ANSWER] * len(completions)
+        rewards = np.zeros(len(completions), np.float32)  # [N]
+        if to_score:
+            if self._pool is None:
+                self._pool = TimeoutPool(**self._pool_args)
+            outcomes = self._pool.map(
+                binary_procedural_score, [(answers[i], entries[i]) for i in to_score]
+            )
+            for index, outcome in zip(to_score, outcomes, strict=True):
+                statuses[index] = outcome.status
+                if outcome.status == OK:
+                    rewards[index] = outcome.value
+        return ScoreReport(rewards, tuple(statuses))
+
+    def close(self) -> None:
+        """Stop the worker processes (they restart on the next ``score``)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
