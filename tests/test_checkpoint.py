@@ -1,0 +1,276 @@
+"""Tests for rlvr_jax.checkpoint: exact resume, retention, corruption fallback, preemption."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from rlvr_jax import checkpoint as ckpt_lib
+
+TOY_DIR = Path(__file__).parent / "multidevice"
+sys.path.insert(0, str(TOY_DIR))
+import toy_train  # noqa: E402
+
+update = jax.jit(toy_train.update)
+
+
+def _abstract_state():
+    return jax.eval_shape(toy_train.init_state)
+
+
+def _leaves_as_numpy(state):
+    """Every leaf as NumPy (PRNG keys as their raw key data), for bitwise comparison."""
+
+    def to_numpy(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+        return np.asarray(x)
+
+    return jax.tree.leaves(jax.tree.map(to_numpy, state))
+
+
+def _assert_bitwise_equal(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(_leaves_as_numpy(a), _leaves_as_numpy(b), strict=True):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        assert np.array_equal(x, y), "restored/continued state differs"
+
+
+def _host_state(position, rng, config):
+    return {
+        "data_position": position,
+        "host_rng": rng.bit_generator.state,
+        "config": config,
+        "counters": {"samples_seen": position * toy_train.BATCH},
+    }
+
+
+def _train(state, position, rng, steps):
+    """``steps`` toy updates; the host RNG draws once per step (as a data shuffler would)."""
+    for _ in range(steps):
+        tokens = toy_train.make_batch(position + int(rng.integers(1000)))
+        state, _ = update(state, tokens)
+        position += 1
+    return state, position
+
+
+@pytest.fixture
+def config():
+    return ml_collections.ConfigDict({"lr": 1e-2, "model": {"name": "toy"}})
+
+
+def test_save_restore_continue_is_bitwise_identical_to_uninterrupted(tmp_path, config):
+    total, saved_at, crashed_at = 7, 3, 5
+    reference, _ = _train(toy_train.init_state(), 0, np.random.default_rng(1), total)
+
+    rng = np.random.default_rng(1)
+    state, position = toy_train.init_state(), 0
+    with ckpt_lib.Checkpointer(tmp_path, save_every_steps=saved_at, async_save=True) as ckpt:
+        for step in range(1, crashed_at + 1):
+            state, position = _train(state, position, rng, 1)
+            ckpt.save(step, state, _host_state(position, rng, config))
+    del state, rng  # the "crash": everything after step 3 is lost
+
+    with ckpt_lib.Checkpointer(tmp_path, save_every_steps=saved_at) as ckpt:
+        restored = ckpt.restore(_abstract_state())
+    assert restored.step == saved_at
+    host = restored.host_state
+    assert host["data_position"] == saved_at
+    assert host["counters"] == {"samples_seen": saved_at * toy_train.BATCH}
+    assert ml_collections.ConfigDict(host["config"]) == config
+    rng = np.random.default_rng()
+    rng.bit_generator.state = host["host_rng"]
+    continued, _ = _train(restored.state, host["data_position"], rng, total - saved_at)
+
+    assert int(continued["step"]) == total
+    _assert_bitwise_equal(continued, reference)
+
+
+def test_keeps_only_the_last_k_steps(tmp_path):
+    state = toy_train.init_state()
+    with ckpt_lib.Checkpointer(tmp_path, save_every_steps=1, keep_last=2) as ckpt:
+        for step in range(1, 6):
+            assert ckpt.save(step, state, {"step": step})
+        ckpt.wait_until_finished()
+        assert ckpt.all_steps() == [4, 5]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["4", "5"]
+
+
+def test_save_schedule_and_no_double_save(tmp_path):
+    state = toy_train.init_state()
+    with ckpt_lib.Checkpointer(tmp_path, save_every_steps=4, async_save=False) as ckpt:
+        assert [s for s in range(1, 9) if ckpt.should_save(s)] == [4, 8]
+        assert not ckpt.save(3, state)
+        assert ckpt.save(3, state, force=True)
+        assert ckpt.save(4, state)
+        assert not ckpt.save(4, state, force=True)  # end-of-run save of a step already saved
+        assert ckpt.all_steps() == [3, 4]
+
+
+def _truncate_files(step_dir: Path):
+    for path in (step_dir / "state").rglob("*"):
+        if path.is_file():
+            os.truncate(path, path.stat().st_size // 2)
+
+
+def _delete_commit_metadata(step_dir: Path):
+    (step_dir / "_CHECKPOINT_METADATA").unlink()
+
+
+def _delete_state_item(step_dir: Path):
+    for path in sorted((step_dir / "state").rglob("*"), reverse=True):
+        path.rmdir() if path.is_dir() else path.unlink()
+    (step_dir / "state").rmdir()
+
+
+@pytest.mark.parametrize(
+    "damage", [_truncate_files, _delete_commit_metadata, _delete_state_item],
+    ids=["truncated-files", "no-commit-metadata", "missing-item"],
+)
+def test_damaged_latest_step_is_skipped_with_a_warning(tmp_path, caplog, damage):
+    states = {0: toy_train.init_state()}
+    for step in (1, 2):
+        states[step], _ = update(states[step - 1], toy_train.make_batch(step))
+    with ckpt_lib.Checkpointer(tmp_path, save_every_steps=1, async_save=False) as ckpt:
+        for step in (1, 2):
+            ckpt.save(step, states[step], {"data_position": step})
+    damage(tmp_path / "2")
+
+    with caplog.at_level(logging.WARNING, logger="rlvr_jax.checkpoint"):
+        ckpt = ckpt_lib.Checkpointer(tmp_path, save_every_steps=1, async_save=False)
+        restored = ckpt.restore(_abstract_state())
+    assert restored.step == 1
+    assert restored.host_state == {"data_position": 1}
+    _assert_bitwise_equal(restored.state, states[1])
+    assert any("Skipping checkpoint step 2" in r.getMessage() for r in caplog.records)
+
+    # The broken step was moved aside, so training can write step 2 again.
+    assert ckpt.all_steps() == [1]
+    assert len(list((tmp_path / "corrupt").iterdir())) == 1
+    assert ckpt.save(2, states[2], {"data_position": 2})
+    ckpt.close()
+    assert ckpt_lib.Checkpointer(tmp_path).restore(_abstract_state()).step == 2
+
+
+def test_explicit_damaged_step_raises(tmp_path):
+    with ckpt_lib.Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(1, toy_train.init_state(), force=True)
+    _delete_commit_metadata(tmp_path / "1")
+    with pytest.raises(ValueError, match="step 1 is incomplete: _CHECKPOINT_METADATA"):
+        ckpt_lib.Checkpointer(tmp_path).restore(_abstract_state(), step=1)
+
+
+def test_missing_directory_and_step_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ckpt_lib.Checkpointer(tmp_path / "absent", create=False)
+    empty = ckpt_lib.Checkpointer(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="No checkpoint steps found"):
+        empty.restore(_abstract_state())
+    assert empty.latest_step() is None
+    with ckpt_lib.Checkpointer(tmp_path / "one", async_save=False) as ckpt:
+        ckpt.save(5, toy_train.init_state(), force=True)
+        with pytest.raises(FileNotFoundError, match=r"step 7 not found.*available steps: \[5\]"):
+            ckpt.restore(_abstract_state(), step=7)
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ValueError, match=r"checkpoint\.dir"):
+        ckpt_lib.Checkpointer.from_config({"save_every_steps": 10})
+    with pytest.raises(ValueError, match=r"checkpoint\.every"):
+        ckpt_lib.Checkpointer.from_config({"dir": str(tmp_path), "every": 10})
+    with pytest.raises(ValueError, match=r"checkpoint\.keep_last"):
+        ckpt_lib.Checkpointer.from_config({"dir": str(tmp_path), "keep_last": -1})
+    ckpt = ckpt_lib.Checkpointer.from_config(
+        ml_collections.ConfigDict({"dir": str(tmp_path), "save_every_steps": 10, "keep_last": 2})
+    )
+    assert (ckpt.save_every_steps, ckpt.keep_last) == (10, 2)
+    ckpt.close()
+
+
+def test_prng_key_json_round_trip():
+    typed = jax.random.split(jax.random.key(3, impl="rbg"), 2)
+    back = ckpt_lib.prng_key_from_json(ckpt_lib.prng_key_to_json(typed))
+    assert str(jax.random.key_impl(back)) == str(jax.random.key_impl(typed))
+    np.testing.assert_array_equal(jax.random.key_data(back), jax.random.key_data(typed))
+    raw = jax.random.PRNGKey(11)
+    np.testing.assert_array_equal(
+        ckpt_lib.prng_key_from_json(ckpt_lib.prng_key_to_json(raw)), raw
+    )
+
+
+def test_host_state_must_be_json(tmp_path):
+    with ckpt_lib.Checkpointer(tmp_path, async_save=False) as ckpt:
+        with pytest.raises(TypeError, match=r"host_state\['opaque'\]"):
+            ckpt.save(1, toy_train.init_state(), {"opaque": object()}, force=True)
+        with pytest.raises(TypeError, match="prng_key_to_json"):
+            ckpt.save(1, toy_train.init_state(), {"key": jax.random.key(0)}, force=True)
+        ckpt.save(1, toy_train.init_state(), {"n": np.int64(3), "v": np.arange(2)}, force=True)
+        restored = ckpt.restore(_abstract_state())
+    assert restored.host_state == {"n": 3, "v": [0, 1]}
+
+
+_PREEMPTION_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    import jax
+    import toy_train
+    from rlvr_jax import checkpoint as ckpt_lib
+
+    update = jax.jit(toy_train.update)
+    state = toy_train.init_state()
+    with ckpt_lib.Checkpointer(sys.argv[1], save_every_steps=1000) as ckpt, \\
+            ckpt_lib.PreemptionGuard() as guard:
+        for step in range(1, 100000):
+            state, _ = update(state, toy_train.make_batch(step))
+            stop = guard.should_stop()
+            ckpt.save(step, state, {"data_position": step}, force=stop)
+            if stop:
+                print("SAVED", step, flush=True)
+                break
+            print("STEP", step, flush=True)
+            time.sleep(0.02)
+    """
+)
+
+
+def test_sigterm_saves_at_step_boundary_and_exits_cleanly(tmp_path):
+    ckpt_dir = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TOY_DIR), *sys.path]))
+    child = subprocess.Popen(
+        [sys.executable, "-c", _PREEMPTION_CHILD, str(ckpt_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    deadline = time.monotonic() + 120
+    for line in child.stdout:
+        if line.startswith("STEP 5"):
+            break
+        assert time.monotonic() < deadline, "child made no progress"
+    child.send_signal(signal.SIGTERM)
+    stdout, stderr = child.communicate(timeout=120)
+    assert child.returncode == 0, stderr[-3000:]
+    saved_step = int(stdout.split("SAVED")[1].split()[0])
+    assert saved_step >= 5
+    assert "Received SIGTERM" in stderr
+
+    entries = sorted(p.name for p in ckpt_dir.iterdir())
+    assert entries == [str(saved_step)], f"unexpected files: {entries}"
+    assert not [p for p in ckpt_dir.rglob("*") if "tmp" in p.name]
+
+    expected = toy_train.init_state()
+    for step in range(1, saved_step + 1):
+        expected, _ = update(expected, toy_train.make_batch(step))
+    restored = ckpt_lib.Checkpointer(ckpt_dir, create=False).restore(_abstract_state())
+    assert restored.step == saved_step
+    assert restored.host_state == {"data_position": saved_step}
+    _assert_bitwise_equal(restored.state, expected)
