@@ -5,6 +5,8 @@ for the parameter layout and the KV-cache protocol.
 """
 
 from rlvr_jax.models.config import ModelConfig, config_from_hf, config_to_hf
+from rlvr_jax.models.hf_checkpoint import save_hf
+from rlvr_jax.models.loading import load
 from rlvr_jax.models.model import (
     Cache,
     Params,
@@ -29,6 +31,8 @@ __all__ = [
     "hidden_states",
     "init_cache",
     "init_params",
+    "load",
     "param_logical_axes",
+    "save_hf",
     "unembedding",
 ]

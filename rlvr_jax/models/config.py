@@ -117,7 +117,7 @@ def _rope_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     params = dict(hf.get("rope_parameters") or {})
     scaling = hf.get("rope_scaling") or {}
     params.update({k: v for k, v in scaling.items() if k not in params})
-    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    theta = params.get("rope_theta") or hf.get("rope_theta") or 10000.0
     rope_type = params.get("rope_type", params.get("type", "default")) or "default"
     if rope_type not in ROPE_TYPES:
         raise ValueError(f"unsupported rope_type {rope_type!r} in config; supported: {ROPE_TYPES}")
@@ -175,6 +175,8 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> ModelConfig:
         eos_token_ids=eos_ids,
         **_rope_from_hf(hf),
     )
+    if hf.get("use_sliding_window"):
+        raise ValueError("unsupported option use_sliding_window=True in config")
     if hf.get("mlp_bias"):
         raise ValueError("unsupported option mlp_bias=True in config")
     hidden_act = hf.get("hidden_act", "silu")
