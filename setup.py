@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "gguf>=0.16,<1",
     "tensorflow-datasets>=4.9.8,<5",
     "array-record>=0.7,<1",
+    "importlib_resources>=6",  # tensorflow-datasets builders need it when TensorFlow is absent
     "reasoning-gym>=0.1.23,<0.2",
     "math-verify>=0.7,<1",
     "tensorboardX>=2.6,<3",
