@@ -33,6 +33,7 @@ EXTRAS_REQUIRE = {
         "pytest-timeout>=2.3",
         "hypothesis>=6.100",
         "torch==2.13.0",
+        "accelerate>=1.0,<2",
         "ruff>=0.6",
     ],
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],
