@@ -23,6 +23,9 @@ sys.path.insert(0, str(TOY_DIR))
 import toy_train  # noqa: E402
 
 update = jax.jit(toy_train.update)
+# The training loops donate the state, as a real train step does: an async save must have
+# copied the arrays it writes before the next step deletes them.
+update_donating = jax.jit(toy_train.update, donate_argnums=0)
 
 
 def _abstract_state():
@@ -60,7 +63,7 @@ def _train(state, position, rng, steps):
     """``steps`` toy updates; the host RNG draws once per step (as a data shuffler would)."""
     for _ in range(steps):
         tokens = toy_train.make_batch(position + int(rng.integers(1000)))
-        state, _ = update(state, tokens)
+        state, _ = update_donating(state, tokens)
         position += 1
     return state, position
 
