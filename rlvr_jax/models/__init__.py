@@ -18,12 +18,14 @@ from rlvr_jax.models.model import (
     unembedding,
 )
 from rlvr_jax.models.presets import PRESETS, get_preset
+from rlvr_jax.models.tokenizer import chat_prompt, load_tokenizer
 
 __all__ = [
     "PRESETS",
     "Cache",
     "ModelConfig",
     "Params",
+    "chat_prompt",
     "config_from_hf",
     "config_to_hf",
     "forward",
@@ -32,6 +34,7 @@ __all__ = [
     "init_cache",
     "init_params",
     "load",
+    "load_tokenizer",
     "param_logical_axes",
     "save_hf",
     "unembedding",
