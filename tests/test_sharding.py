@@ -2,7 +2,9 @@
 
 Single-process tests run on the 1 CPU device of the pytest process (AbstractMesh stands in for
 larger meshes where only the mesh shape matters). The 8-device checks run in a subprocess
-(tests/multidevice/sharding_checks.py) with XLA_FLAGS set before JAX is imported there.
+(tests/multidevice/sharding_checks.py) with XLA_FLAGS set before JAX is imported there; the
+multi-host checks run two such processes joined by jax.distributed over Gloo
+(tests/multidevice/multiprocess_checks.py).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -273,3 +276,48 @@ def test_eight_devices_restore_onto_other_meshes(eight_device_results):
     assert restore["tensor4_data2"]["up_spec"] == "P('fsdp', 'tensor')"
     assert restore["tensor8"]["up_spec"] == "P('fsdp', None)"  # mlp=12 does not divide 8
     assert restore["single_device"] == {"equal": True, "devices": [3]}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.multidevice
+def test_two_processes_feed_shard_checkpoint_and_stop_together(tmp_path):
+    port = _free_port()
+    children = []
+    for process_id in range(2):
+        env = dict(os.environ)
+        env.update(
+            XLA_FLAGS="--xla_force_host_platform_device_count=4",
+            JAX_PLATFORMS="cpu",
+            JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+            JAX_NUM_PROCESSES="2",
+            JAX_PROCESS_ID=str(process_id),
+            PYTHONPATH=os.pathsep.join([str(TOY_DIR), *sys.path]),
+        )
+        children.append(subprocess.Popen(
+            [sys.executable, str(TOY_DIR / "multiprocess_checks.py"), str(tmp_path / "ckpt")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        ))
+    results = []
+    for child in children:
+        stdout, stderr = child.communicate(timeout=600)
+        assert child.returncode == 0, stderr[-5000:]
+        results.append(json.loads(stdout.strip().splitlines()[-1]))
+
+    for process_id, result in enumerate(results):
+        assert result["initialized"] and result["initialize_again"]
+        assert (result["process_index"], result["process_count"]) == (process_id, 2)
+        assert result["device_count"] == 8
+        assert result["rows"] == [8 * process_id, 8 * process_id + 8]
+        assert result["global_sum"] == result["expected_sum"] == 480
+        assert result["max_param_diff"] <= 1e-6 and result["loss_diff"] <= 1e-6
+        assert result["restored_host_state"] == {"data_position": 16}
+        assert result["restored_equal"]
+        assert result["restored_spec"] == "P('fsdp', 'tensor')"
+        assert result["stop_before"] is False and result["stop_after"] is True
+        assert result["requested_locally"] is (process_id == 1)
