@@ -24,7 +24,7 @@ _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BRACE = re.compile(r"[{}]")
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _HASHES = re.compile(r"####[ \t]*([^\n]*)")
-_ANSWER_IS = re.compile(r"(?:final\s+)?answer\s+is\s*:?\s*([^\n]*)", re.IGNORECASE)
+_ANSWER_IS = re.compile(r"answer\s+is\s*:?", re.IGNORECASE)
 
 
 def _closing_braces(text: str, start: int) -> dict[int, int]:
@@ -76,7 +76,8 @@ def extract_answer(text: str, max_chars: int = MAX_ANSWER_CHARS) -> str | None:
     if answer is None:
         stated = list(_ANSWER_IS.finditer(text))
         if stated:
-            answer = _clean_sentence(stated[-1].group(1))
+            rest = text[stated[-1].end() :]
+            answer = _clean_sentence(rest.split("\n", 1)[0])
     if not answer or len(answer) > max_chars:
         return None
     return answer
