@@ -1,0 +1,184 @@
+"""Sandboxed code runner: attacks are stopped or contained, and the next item still scores."""
+
+import os
+import socket
+import tempfile
+
+import numpy as np
+import pytest
+
+from rlvr_jax.data.humaneval import HumanEvalSource
+from rlvr_jax.rewards.code import CodeVerifier, build_program, extract_code
+from rlvr_jax.rewards.sandbox import (
+    FAILED,
+    PASSED,
+    TIMEOUT,
+    UID_BASE,
+    SandboxLimits,
+    _processes_of_uid,
+    isolation,
+    run_python,
+)
+
+LIMITS = SandboxLimits(timeout_s=2.0, memory_bytes=512 << 20, max_processes=4)
+
+
+@pytest.fixture(scope="module")
+def problems():
+    source = HumanEvalSource()
+    return [source[i] for i in range(len(source))]
+
+
+def _assert_no_sandbox_processes_left():
+    if os.geteuid() == 0:  # only root runs programs under the per-slot sandbox uid
+        assert _processes_of_uid(UID_BASE) == []
+
+
+def test_clean_program_passes_and_failing_assert_fails():
+    assert run_python("assert sum([1, 2]) == 3\nprint('hello')", LIMITS).status == PASSED
+    result = run_python("assert 1 + 1 == 3", LIMITS)
+    assert result.status == FAILED and "AssertionError" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "program", ["import sys\nsys.exit(0)", "import os\nos._exit(0)", "raise SystemExit(0)"]
+)
+def test_exiting_early_is_not_a_pass(program):
+    assert run_python(program + "\nassert False", LIMITS).status == FAILED
+
+
+def test_infinite_loop_times_out():
+    result = run_python("while True:\n    pass", LIMITS)
+    assert result.status == TIMEOUT
+    assert result.duration_s < LIMITS.timeout_s + 3.0
+    _assert_no_sandbox_processes_left()
+
+
+def test_fork_is_refused():
+    result = run_python("import os\nwhile True:\n    os.fork()", LIMITS)
+    assert result.status == FAILED and "os.fork is not allowed" in result.stderr
+
+
+def test_fork_bomb_is_bounded_by_process_limit():
+    program = (
+        "import os, time\n"
+        "forked = 0\n"
+        "for _ in range(200):\n"
+        "    try:\n"
+        "        pid = os.fork()\n"
+        "    except OSError:\n"
+        "        break\n"
+        "    if pid == 0:\n"
+        "        time.sleep(60)\n"
+        "        os._exit(0)\n"
+        "    forked += 1\n"
+        "print('forked', forked)\n"
+    )
+    limits = SandboxLimits(timeout_s=3.0, max_processes=4, allow_processes=True)
+    result = run_python(program, limits)
+    assert result.status == PASSED
+    assert int(result.stdout.split()[-1]) <= limits.max_processes
+    _assert_no_sandbox_processes_left()  # the sleeping children were killed and reaped
+
+
+def test_ten_gigabyte_allocation_fails():
+    result = run_python("block = bytearray(10 * 1024 ** 3)\nprint(len(block))", LIMITS)
+    assert result.status == FAILED and "MemoryError" in result.stderr
+
+
+def test_writing_outside_working_directory_is_refused():
+    with tempfile.TemporaryDirectory() as outside:
+        os.chmod(outside, 0o777)  # writable by anyone: only the sandbox itself can refuse
+        target = os.path.join(outside, "escaped.txt")
+        result = run_python(f"open({target!r}, 'w').write('x')", LIMITS)
+        assert result.status == FAILED and "outside the working dir" in result.stderr
+        assert not os.path.exists(target)
+    inside = run_python("open('ok.txt', 'w').write('x')\nassert open('ok.txt').read() == 'x'")
+    assert inside.status == PASSED
+
+
+def test_large_file_is_stopped_by_file_size_limit():
+    limits = SandboxLimits(timeout_s=3.0, file_size_bytes=1 << 20)
+    result = run_python("open('big', 'wb').write(b'x' * (8 << 20))", limits)
+    assert result.status == FAILED and "File too large" in result.stderr
+
+
+def test_network_socket_cannot_connect():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.5)
+    port = server.getsockname()[1]
+    program = (
+        "import socket\n"
+        f"socket.create_connection(('127.0.0.1', {port}), timeout=1).sendall(b'leak')\n"
+    )
+    result = run_python(program, LIMITS)
+    assert result.status == FAILED
+    with pytest.raises(TimeoutError):
+        server.accept()
+    server.close()
+
+
+def test_parent_environment_is_not_visible(monkeypatch):
+    monkeypatch.setenv("RLVR_TEST_SECRET", "hunter2")
+    program = (
+        "import os\n"
+        "assert not any('hunter2' in value for value in os.environ.values())\n"
+        "try:\n"
+        f"    data = open('/proc/{os.getpid()}/environ', 'rb').read()\n"
+        "except OSError:\n"
+        "    data = b''\n"
+        "assert b'hunter2' not in data\n"
+        "print(sorted(os.environ))\n"
+    )
+    result = run_python(program, LIMITS)
+    assert result.status == PASSED  # the program looked and found nothing
+    assert result.stdout.strip() == "['HOME', 'LANG', 'PATH']"
+
+
+def test_isolation_report_names_the_layers():
+    report = isolation()
+    assert set(report) == {"network", "user", "process_limit"}
+    expected = "network namespace" if os.geteuid() == 0 else "audit hook only"
+    assert expected in report["network"]
+
+
+def test_attacks_then_correct_solutions_in_one_batch(problems):
+    attacks = [
+        "while True:\n    pass",
+        "import os\nwhile True:\n    os.fork()",
+        "x = bytearray(10 * 1024 ** 3)",
+        "open('/tmp/rlvr_sandbox_escape', 'w')",
+        "import socket\nsocket.socket().connect(('1.1.1.1', 80))",
+    ]
+    completions, batch = [], []
+    for attack, problem in zip(attacks, problems, strict=False):
+        completions += [f"```python\n{attack}\n```", problem["answer"]]
+        batch += [problem, problem]
+    verifier = CodeVerifier(num_workers=2, limits=LIMITS)
+    report = verifier.score(completions, batch)
+    np.testing.assert_array_equal(report.rewards, [0.0, 1.0] * len(attacks))
+    assert report.timeouts == 1
+    assert not os.path.exists("/tmp/rlvr_sandbox_escape")
+
+
+def test_humaneval_correct_passes_and_wrong_fails(problems):
+    chosen = problems[:8]
+    correct = [p["prompt"] + p["answer"] for p in chosen]  # full function, as a model writes it
+    wrong = ["    return None\n"] * len(chosen)
+    partly_right = [
+        "```python\ndef has_close_elements(numbers, threshold):\n"
+        "    return len(numbers) > 1\n```"
+    ]  # passes the first assert of HumanEval/0, fails a later one
+    verifier = CodeVerifier(num_workers=2, limits=LIMITS)
+    report = verifier.score(correct + wrong + partly_right, chosen + chosen + chosen[:1])
+    np.testing.assert_array_equal(report.rewards, [1.0] * 8 + [0.0] * 8 + [0.0])
+
+
+def test_build_program_always_calls_the_tests(problems):
+    problem = problems[0]
+    program = build_program("    pass\n", problem)
+    assert program.rstrip().endswith(f"check({problem['entry_point']})")
+    assert extract_code("text\n```python\nA = 1\n```\nmore\n```py\nB = 2\n```") == "B = 2\n"
+    assert extract_code("   \n") is None
