@@ -259,8 +259,7 @@ class Checkpointer:
     # ---- listing -----------------------------------------------------------------------------
 
     def all_steps(self) -> list[int]:
-        """Committed step numbers, oldest first (not checked for corruption)."""
-        self._manager.reload()
+        """Saved step numbers, oldest first (including a save still being written)."""
         return sorted(self._manager.all_steps())
 
     def latest_step(self) -> int | None:
@@ -317,6 +316,8 @@ class Checkpointer:
             warning.
         """
         target = _target_with_shardings(abstract_state, shardings)
+        self._manager.wait_until_finished()
+        self._manager.reload()
         steps = self.all_steps()
         if not steps:
             raise FileNotFoundError(f"No checkpoint steps found in {self.directory}.")

@@ -267,28 +267,20 @@ def logical_to_sharding(
 ) -> Any:
     """Maps a pytree of logical-axes tuples to a pytree of ``NamedSharding``.
 
-    ``shapes`` (optional) is a matching pytree of arrays / ``jax.ShapeDtypeStruct`` used for
-    the divisibility fallback and a rank check.
+    A ``None`` leaf means "no annotation" and is replicated whatever its rank. ``shapes``
+    (optional) is a matching pytree of arrays / ``jax.ShapeDtypeStruct`` used for the
+    divisibility fallback and a rank check.
     """
-    if shapes is None:
-        return jax.tree.map(
-            lambda axes: NamedSharding(
-                mesh, logical_to_partition_spec(axes or (), rules, mesh)
-            ),
-            logical_axes_tree,
-            is_leaf=_is_axes_leaf,
-        )
-    return jax.tree_util.tree_map_with_path(
-        lambda path, axes, x: NamedSharding(
-            mesh,
-            logical_to_partition_spec(
-                axes or (), rules, mesh, np.shape(x), jax.tree_util.keystr(path)
-            ),
-        ),
-        logical_axes_tree,
-        shapes,
-        is_leaf=_is_axes_leaf,
-    )
+
+    def one(path: Any, axes: Sequence[str | None] | None, x: Any = None) -> NamedSharding:
+        if axes is None:
+            return replicated(mesh)
+        shape = None if shapes is None else np.shape(x)
+        spec = logical_to_partition_spec(axes, rules, mesh, shape, jax.tree_util.keystr(path))
+        return NamedSharding(mesh, spec)
+
+    trees = (logical_axes_tree,) if shapes is None else (logical_axes_tree, shapes)
+    return jax.tree_util.tree_map_with_path(one, *trees, is_leaf=_is_axes_leaf)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -312,7 +304,7 @@ def train_state_shardings(
     def is_param_like(node: Any) -> bool:
         leaves, treedef = jax.tree.flatten(node)
         return treedef == axes_def and all(
-            len(axes or ()) == np.ndim(leaf)
+            axes is None or len(axes) == np.ndim(leaf)
             for axes, leaf in zip(axes_leaves, leaves, strict=True)
         )
 

@@ -167,6 +167,24 @@ def test_train_state_shardings_follow_params_and_replicate_the_rest():
         sh.train_state_shardings(abstract, wrong_axes, mesh, RULES)
 
 
+def test_logical_to_sharding_tree_with_unannotated_and_partition_spec_leaves():
+    mesh = sh.make_mesh({"fsdp": -1})
+    axes = {"a": None, "b": ("embed",), "c": PartitionSpec("vocab", None), "d": ()}
+    shapes = {
+        "a": jax.ShapeDtypeStruct((2, 3), "float32"),
+        "b": jax.ShapeDtypeStruct((4,), "float32"),
+        "c": jax.ShapeDtypeStruct((6, 5), "float32"),
+        "d": jax.ShapeDtypeStruct((), "float32"),
+    }
+    expected = {
+        "a": PartitionSpec(), "b": PartitionSpec("fsdp"),
+        "c": PartitionSpec("tensor", None), "d": PartitionSpec(),
+    }
+    for tree in (sh.logical_to_sharding(axes, mesh, RULES, shapes),
+                 sh.logical_to_sharding(axes, mesh, RULES)):
+        assert jax.tree.map(lambda s: s.spec, tree) == expected
+
+
 def test_host_local_batch_slice_single_process():
     mesh = sh.make_mesh({"fsdp": -1})
     assert sh.host_local_batch_slice(12, mesh, RULES) == slice(0, 12)
