@@ -222,8 +222,15 @@ def _builder(name: str, data_dir: str) -> tfds.core.GeneratorBasedBuilder:
 
 def prepare(name: str, manual_dir: str, data_dir: str) -> None:
     """Build data set ``name`` (a ``BUILDERS`` key) from ``manual_dir`` into ``data_dir``."""
+    builder = _builder(name, data_dir)
+    if not Path(manual_dir).is_dir() or not any(Path(manual_dir).iterdir()):
+        raise FileNotFoundError(
+            f"{name}: manual_dir {manual_dir} is missing or empty; it needs "
+            f"{sorted(builder.SPLIT_PATTERNS.values())} .jsonl/.parquet files "
+            "(see rlvr_jax.data.tfds_builders for where to get them)"
+        )
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
-    _builder(name, data_dir).download_and_prepare(download_config=download_config)
+    builder.download_and_prepare(download_config=download_config)
 
 
 class DecodedSource:
