@@ -1,0 +1,225 @@
+"""Policy-gradient loss: clipped surrogate, KL to a reference, entropy bonus, aggregation.
+
+Per response token, with ratio ``rho = exp(logp - logp_old)`` and advantage ``A``::
+
+    L_t = -min(rho A, clip(rho, 1 - clip_low, 1 + clip_high) A)
+    dual clip (c > 1, only where A < 0):   L_t = min(L_t, -c A)
+    L_t += kl_coef * KL_t(logp, logp_ref) - entropy_coef * H_t
+
+KL estimators (``kind``), with ``d = logp_ref - logp`` on tokens sampled from the policy:
+``k1 = -d``, ``k2 = d^2 / 2``, ``k3 = exp(d) - d - 1`` (non-negative, 0 iff equal).
+
+Aggregation modes are named by formula. ``m`` is the response mask, ``i`` a sequence and ``t``
+a token; sums and counts run over the **global** batch (see :func:`loss_normalizer`):
+
+======================== ============================== ========================================
+mode                     formula                        verl | TRL | Tunix
+======================== ============================== ========================================
+``token_mean``           sum_it m L / sum_it m          token-mean | dapo (bnpo*) | token-mean
+``seq_mean_token_mean``  mean_i (sum_t m L / sum_t m)   seq-mean-token-mean | grpo |
+                                                        sequence-mean-token-mean
+``seq_mean_token_sum``   mean_i sum_t m L               seq-mean-token-sum | (none) |
+                                                        seq-mean-token-sum
+``seq_sum_over_max_len`` sum_it m L / (N_seq L_max)     seq-mean-token-sum-norm (omits N_seq) |
+                                                        dr_grpo | sequence-mean-token-scale
+                                                        (counts non-empty sequences only)
+======================== ============================== ========================================
+
+(*TRL's ``bnpo`` normalises by the local batch's tokens, which equals ``token_mean`` only
+without gradient accumulation.) The two ``seq_mean`` modes count sequences with at least one
+valid token; ``seq_sum_over_max_len`` is a constant normaliser and counts every sequence.
+
+**Micro-batching.** Compute ``normalizer = loss_normalizer(full_mask, mode, max_len)`` once over
+the global batch and pass it to :func:`policy_loss` on each micro-batch: the micro-batch losses,
+their gradients and the additive metrics then sum exactly to the full-batch values. Additive
+metrics are token sums divided by the global token count ``metrics_normalizer``;
+``ratio_max``/``ratio_min`` combine by max/min.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+KLKind = Literal["k1", "k2", "k3"]
+Aggregation = Literal[
+    "token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_sum_over_max_len"
+]
+
+AGGREGATIONS: tuple[str, ...] = (
+    "token_mean",
+    "seq_mean_token_mean",
+    "seq_mean_token_sum",
+    "seq_sum_over_max_len",
+)
+KL_KINDS: tuple[str, ...] = ("k1", "k2", "k3")
+
+
+def kl_penalty(logp: Array, logp_ref: Array, kind: KLKind = "k3") -> Array:
+    """Per-token estimate of ``KL(pi || pi_ref)`` on tokens sampled from ``pi``.
+
+    With ``d = logp_ref - logp``: ``k1 = -d``, ``k2 = d^2 / 2``, ``k3 = exp(d) - d - 1``.
+    ``k3`` is unbiased and non-negative; it is 0 exactly where the log-probs are equal.
+    """
+    if kind not in KL_KINDS:
+        raise ValueError(f"unknown KL estimator {kind!r}; expected one of {KL_KINDS}")
+    delta = logp_ref - logp
+    if kind == "k1":
+        return -delta
+    if kind == "k2":
+        return 0.5 * delta**2
+    return jnp.expm1(delta) - delta
+
+
+def _check_aggregation(aggregation: str) -> None:
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(
+            f"unknown loss aggregation {aggregation!r}; expected one of {AGGREGATIONS}"
+        )
+
+
+def loss_normalizer(mask: Array, aggregation: Aggregation, max_len: int | None = None) -> Array:
+    """The global denominator of ``aggregation`` for a batch with response ``mask [..., L]``.
+
+    * ``token_mean``: number of valid tokens.
+    * ``seq_mean_token_mean``, ``seq_mean_token_sum``: number of sequences with a valid token.
+    * ``seq_sum_over_max_len``: number of sequences times ``max_len`` (default: ``L``).
+    """
+    _check_aggregation(aggregation)
+    mask = jnp.asarray(mask).astype(jnp.float32)
+    if aggregation == "token_mean":
+        count = jnp.sum(mask)
+    elif aggregation == "seq_sum_over_max_len":
+        count = jnp.asarray(mask[..., 0].size * (max_len or mask.shape[-1]), jnp.float32)
+    else:
+        count = jnp.sum(jnp.any(mask > 0, axis=-1))
+    return jnp.maximum(count, 1.0)
+
+
+def _aggregate(token_loss: Array, mask: Array, aggregation: str, normalizer: Array) -> Array:
+    """Sums ``token_loss [..., L]`` under ``aggregation`` and divides by ``normalizer``."""
+    masked = jnp.where(mask > 0, token_loss, 0.0)
+    if aggregation == "seq_mean_token_mean":
+        per_sequence = jnp.sum(masked, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
+        return jnp.sum(per_sequence) / normalizer
+    return jnp.sum(masked) / normalizer
+
+
+def policy_loss(
+    logp: Array,
+    logp_old: Array,
+    advantages: Array,
+    mask: Array,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip: float | None = None,
+    logp_ref: Array | None = None,
+    kl_coef: float = 0.0,
+    kl_kind: KLKind = "k3",
+    entropy: Array | None = None,
+    entropy_coef: float = 0.0,
+    aggregation: Aggregation = "token_mean",
+    max_len: int | None = None,
+    normalizer: Array | None = None,
+    metrics_normalizer: Array | None = None,
+) -> tuple[Array, dict[str, Array]]:
+    """Clipped policy-gradient loss over response tokens and its diagnostics.
+
+    Args:
+      logp: ``[..., L]`` log-probs of the sampled tokens under the policy being trained.
+      logp_old: ``[..., L]`` log-probs under the rollout (old) policy; a constant.
+      advantages: ``[...]`` per sequence (broadcast over tokens) or ``[..., L]`` per token.
+      mask: ``[..., L]``, 1 on valid response tokens.
+      clip_low, clip_high: the ratio is clipped to ``[1 - clip_low, 1 + clip_high]``
+        (``clip_high > clip_low`` is DAPO's clip-higher; DAPO uses 0.2 / 0.28).
+      dual_clip: ``c > 1`` caps the loss of negative-advantage tokens at ``-c A``; None: off.
+      logp_ref: ``[..., L]`` reference-policy log-probs; required when ``kl_coef > 0``.
+      kl_coef, kl_kind: weight and estimator (:func:`kl_penalty`) of the per-token KL term.
+      entropy: ``[..., L]`` full-vocabulary policy entropy; required when ``entropy_coef > 0``.
+      entropy_coef: weight of the entropy bonus ``-entropy_coef * H_t``.
+      aggregation: one of :data:`AGGREGATIONS` (see the module docstring).
+      max_len: ``L_max`` of ``seq_sum_over_max_len``; default the padded length ``L``.
+      normalizer: the global denominator from :func:`loss_normalizer`; default: this batch's.
+      metrics_normalizer: the global valid-token count for the metrics; default: this batch's.
+
+    Returns:
+      ``(loss, metrics)``: the scalar loss and a dict of scalars: ``pg_loss``, ``kl_ref``,
+      ``entropy``, ``clip_frac_low`` / ``clip_frac_high`` (tokens whose clipped side is
+      active), ``dual_clip_frac``, ``approx_kl`` (``k3`` estimate of ``KL(old || new)``),
+      ``ratio_mean``, ``ratio_max``, ``ratio_min`` (``-inf``/``+inf``, the identities of max/min,
+      when no token is valid).
+    """
+    _check_aggregation(aggregation)
+    logp = jnp.asarray(logp)
+    if jnp.shape(logp_old) != logp.shape or jnp.shape(mask) != logp.shape:
+        raise ValueError(
+            f"policy_loss: logp {logp.shape}, logp_old {jnp.shape(logp_old)} and mask "
+            f"{jnp.shape(mask)} must have the same shape [..., L]"
+        )
+    if jnp.ndim(advantages) == logp.ndim - 1 and jnp.shape(advantages) == logp.shape[:-1]:
+        advantages = jnp.asarray(advantages)[..., None]
+    elif jnp.shape(advantages) != logp.shape:
+        raise ValueError(
+            f"policy_loss: advantages must have shape {logp.shape[:-1]} (per sequence) or "
+            f"{logp.shape} (per token), got {jnp.shape(advantages)}"
+        )
+    if kl_coef and logp_ref is None:
+        raise ValueError("policy_loss: kl_coef > 0 needs logp_ref")
+    if entropy_coef and entropy is None:
+        raise ValueError("policy_loss: entropy_coef > 0 needs entropy")
+    if dual_clip is not None and dual_clip <= 1.0:
+        raise ValueError(f"policy_loss: dual_clip must be > 1, got {dual_clip}")
+
+    mask = jnp.asarray(mask).astype(jnp.float32)
+    valid = mask > 0
+    advantages = jax.lax.stop_gradient(advantages.astype(jnp.float32))
+    logp = logp.astype(jnp.float32)
+    log_ratio = logp - jax.lax.stop_gradient(jnp.asarray(logp_old, jnp.float32))
+    log_ratio = jnp.where(valid, log_ratio, 0.0)  # padding never overflows exp
+    ratio = jnp.exp(log_ratio)
+    clipped_ratio = jnp.clip(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    surrogate = -jnp.minimum(ratio * advantages, clipped_ratio * advantages)  # [..., L]
+    if dual_clip is not None:
+        capped = jnp.minimum(surrogate, -dual_clip * advantages)
+        dual_active = (advantages < 0) & (capped < surrogate)
+        surrogate = jnp.where(advantages < 0, capped, surrogate)
+    else:
+        dual_active = jnp.zeros_like(valid)
+    token_loss = surrogate
+
+    if normalizer is None:
+        normalizer = loss_normalizer(mask, aggregation, max_len)
+    if metrics_normalizer is None:
+        metrics_normalizer = loss_normalizer(mask, "token_mean")
+
+    def token_metric(x: Array) -> Array:
+        return jnp.sum(jnp.where(valid, x, 0.0)) / metrics_normalizer
+
+    kl_ref = jnp.zeros_like(logp)
+    if logp_ref is not None:
+        logp_ref = jax.lax.stop_gradient(jnp.asarray(logp_ref, jnp.float32))
+        kl_ref = kl_penalty(logp, logp_ref, kl_kind)
+        token_loss = token_loss + kl_coef * kl_ref
+    if entropy is not None:
+        entropy = jnp.asarray(entropy, jnp.float32)
+        token_loss = token_loss - entropy_coef * entropy
+
+    loss = _aggregate(token_loss, mask, aggregation, normalizer)
+    stop = jax.lax.stop_gradient
+    metrics = {
+        "pg_loss": stop(_aggregate(surrogate, mask, aggregation, normalizer)),
+        "kl_ref": stop(token_metric(kl_ref)),
+        "entropy": stop(token_metric(entropy if entropy is not None else jnp.zeros_like(logp))),
+        "clip_frac_low": stop(token_metric((advantages < 0) & (ratio < 1.0 - clip_low))),
+        "clip_frac_high": stop(token_metric((advantages > 0) & (ratio > 1.0 + clip_high))),
+        "dual_clip_frac": stop(token_metric(dual_active)),
+        "approx_kl": stop(token_metric(jnp.expm1(log_ratio) - log_ratio)),
+        "ratio_mean": stop(token_metric(ratio)),
+        "ratio_max": stop(jnp.max(jnp.where(valid, ratio, -jnp.inf), initial=-jnp.inf)),
+        "ratio_min": stop(jnp.min(jnp.where(valid, ratio, jnp.inf), initial=jnp.inf)),
+    }
+    return loss, metrics
