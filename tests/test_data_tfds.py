@@ -27,12 +27,17 @@ def _by_question(source):
 
 def test_gsm8k_from_jsonl_and_parquet(tmp_path):
     manual = tmp_path / "manual"
-    _write_jsonl(manual / "train.jsonl", [
-        {"question": "Q1?", "answer": "3 + 4 = 7\n#### 7"},
-        {"question": "Q2?", "answer": "#### 1,200"},
-    ])  # fmt: skip
-    _write_parquet(manual / "main" / "test-00000-of-00001.parquet",
-                   [{"question": "T1?", "answer": "so\n#### -3"}])  # fmt: skip
+    _write_jsonl(
+        manual / "train.jsonl",
+        [
+            {"question": "Q1?", "answer": "3 + 4 = 7\n#### 7"},
+            {"question": "Q2?", "answer": "#### 1,200"},
+        ],
+    )
+    _write_parquet(
+        manual / "main" / "test-00000-of-00001.parquet",
+        [{"question": "T1?", "answer": "so\n#### -3"}],
+    )
     train = load_source("gsm8k", "train", data_dir=str(tmp_path / "tfds"), manual_dir=str(manual))
     assert len(train) == 2
     examples = _by_question(train)
@@ -45,16 +50,25 @@ def test_gsm8k_from_jsonl_and_parquet(tmp_path):
 
 def test_math_with_math500_split(tmp_path):
     manual = tmp_path / "manual"
-    _write_parquet(manual / "algebra" / "train-00000.parquet", [
-        {"problem": "P1", "solution": r"so $\boxed{\frac{1}{2}}$.", "level": "Level 1"},
-    ])  # fmt: skip
-    _write_parquet(manual / "geometry" / "train-00000.parquet", [
-        {"problem": "P2", "solution": r"\boxed{1} then \boxed{\{3, 4\}}", "level": "Level 2"},
-    ])  # fmt: skip
+    _write_parquet(
+        manual / "algebra" / "train-00000.parquet",
+        [
+            {"problem": "P1", "solution": r"so $\boxed{\frac{1}{2}}$.", "level": "Level 1"},
+        ],
+    )
+    _write_parquet(
+        manual / "geometry" / "train-00000.parquet",
+        [
+            {"problem": "P2", "solution": r"\boxed{1} then \boxed{\{3, 4\}}", "level": "Level 2"},
+        ],
+    )
     _write_jsonl(manual / "test.jsonl", [{"problem": "T", "solution": r"\boxed{9}"}])
-    _write_jsonl(manual / "math500.jsonl", [
-        {"problem": "M", "solution": "...", "answer": "3\\pi", "unique_id": "test/x/1.json"},
-    ])  # fmt: skip
+    _write_jsonl(
+        manual / "math500.jsonl",
+        [
+            {"problem": "M", "solution": "...", "answer": "3\\pi", "unique_id": "test/x/1.json"},
+        ],
+    )
     data_dir = str(tmp_path / "tfds")
     prepare("math", str(manual), data_dir)
     train = _by_question(load_source("math", "train", data_dir))
@@ -70,19 +84,25 @@ def test_dapo_math_strips_wrapper_and_deduplicates(tmp_path):
     wrapper = (
         "Solve the following math problem step by step. The last line of your response should "
         "be of the form Answer: $Answer (without quotes) where $Answer is the answer to the "
-        "problem.\n\n{}\n\nRemember to put your answer on its own line after \"Answer:\"."
+        'problem.\n\n{}\n\nRemember to put your answer on its own line after "Answer:".'
     )
     rows = [
-        {"prompt": [{"role": "user", "content": wrapper.format("What is 6*7?")}],
-         "reward_model": {"ground_truth": "42", "style": "rule"},
-         "extra_info": {"index": "a-1"}},
-        {"prompt": [{"role": "user", "content": wrapper.format("What is 6*7?")}],
-         "reward_model": {"ground_truth": "42", "style": "rule"},
-         "extra_info": {"index": "a-2"}},
-        {"prompt": [{"role": "user", "content": wrapper.format("Smallest prime?")}],
-         "reward_model": {"ground_truth": "2", "style": "rule"},
-         "extra_info": {"index": "b-1"}},
-    ]  # fmt: skip
+        {
+            "prompt": [{"role": "user", "content": wrapper.format("What is 6*7?")}],
+            "reward_model": {"ground_truth": "42", "style": "rule"},
+            "extra_info": {"index": "a-1"},
+        },
+        {
+            "prompt": [{"role": "user", "content": wrapper.format("What is 6*7?")}],
+            "reward_model": {"ground_truth": "42", "style": "rule"},
+            "extra_info": {"index": "a-2"},
+        },
+        {
+            "prompt": [{"role": "user", "content": wrapper.format("Smallest prime?")}],
+            "reward_model": {"ground_truth": "2", "style": "rule"},
+            "extra_info": {"index": "b-1"},
+        },
+    ]
     manual = tmp_path / "manual"
     _write_parquet(manual / "data" / "dapo-math-17k.parquet", rows)
     source = load_source("dapo_math", "train", str(tmp_path / "tfds"), manual_dir=str(manual))
@@ -93,24 +113,34 @@ def test_dapo_math_strips_wrapper_and_deduplicates(tmp_path):
 
 def test_aime_from_jsonl(tmp_path):
     manual = tmp_path / "manual"
-    _write_jsonl(manual / "aime_2024.jsonl", [
-        {"ID": "2024-I-1", "Problem": "Find x.", "Solution": "...", "Answer": 204},
-    ])  # fmt: skip
+    _write_jsonl(
+        manual / "aime_2024.jsonl",
+        [
+            {"ID": "2024-I-1", "Problem": "Find x.", "Solution": "...", "Answer": 204},
+        ],
+    )
     source = load_source("aime", "test", str(tmp_path / "tfds"), manual_dir=str(manual))
-    assert source[0] == {"id": "2024-I-1", "question": "Find x.", "answer": "204",
-                         "solution": "..."}  # fmt: skip
+    assert source[0] == {
+        "id": "2024-I-1",
+        "question": "Find x.",
+        "answer": "204",
+        "solution": "...",
+    }
 
 
 @pytest.mark.parametrize(
     ("lines", "line_number", "message"),
     [
         (['{"question": "ok", "answer": "#### 1"}', '{"question": "broken",'], 2, "invalid JSON"),
-        (['{"question": "ok", "answer": "#### 1"}', "", '{"answer": "#### 2"}'], 3,
-         "missing field"),
+        (
+            ['{"question": "ok", "answer": "#### 1"}', "", '{"answer": "#### 2"}'],
+            3,
+            "missing field",
+        ),
         (['{"question": "no marker", "answer": "42"}'], 1, "no '#### <final answer>'"),
         (['["a", "list"]'], 1, "expected a JSON object"),
     ],
-)  # fmt: skip
+)
 def test_malformed_jsonl_row_names_file_and_line(tmp_path, lines, line_number, message):
     manual = tmp_path / "manual"
     manual.mkdir()
@@ -122,9 +152,13 @@ def test_malformed_jsonl_row_names_file_and_line(tmp_path, lines, line_number, m
 
 def test_malformed_parquet_row_names_file_and_row(tmp_path):
     manual = tmp_path / "manual"
-    _write_parquet(manual / "aime.parquet", [
-        {"problem": "ok", "answer": "1"}, {"problem": "no answer", "answer": None},
-    ])  # fmt: skip
+    _write_parquet(
+        manual / "aime.parquet",
+        [
+            {"problem": "ok", "answer": "1"},
+            {"problem": "no answer", "answer": None},
+        ],
+    )
     with pytest.raises(MalformedRowError, match=r"aime.parquet:2: missing field \(tried answer"):
         prepare("aime", str(manual), str(tmp_path / "tfds"))
 
@@ -159,12 +193,14 @@ def test_epoch_order_shuffles_by_seed_and_shards_by_host():
 
 def test_iterate_examples_over_epochs():
     source = [{"id": str(i)} for i in range(5)]
-    stream = list(iterate_examples(source, seed=1, process_index=0, process_count=1,
-                                   num_epochs=2))  # fmt: skip
+    stream = list(iterate_examples(source, seed=1, process_index=0, process_count=1, num_epochs=2))
     assert len(stream) == 10
     assert sorted(e["id"] for e in stream[:5]) == sorted(e["id"] for e in stream[5:])
-    resumed = list(iterate_examples(source, seed=1, process_index=0, process_count=1,
-                                    num_epochs=1, start_epoch=1))  # fmt: skip
+    resumed = list(
+        iterate_examples(
+            source, seed=1, process_index=0, process_count=1, num_epochs=1, start_epoch=1
+        )
+    )
     assert resumed == stream[5:]
     with pytest.raises(ValueError, match="process_index 2 not in"):
         next(iterate_examples(source, seed=1, process_index=2, process_count=2))

@@ -35,8 +35,9 @@ def test_source_rejects_bad_input():
 
 
 def test_reference_answers_score_one(verifier):
-    examples = [ProceduralSource(name, seed=1, size=6)[i] for name in PROCEDURAL_TASKS
-                for i in range(6)]  # fmt: skip
+    examples = [
+        ProceduralSource(name, seed=1, size=6)[i] for name in PROCEDURAL_TASKS for i in range(6)
+    ]
     completions = [f"Reasoning...\n\\boxed{{{example['answer']}}}" for example in examples]
     report = verifier.score(completions, [example["entry"] for example in examples])
     np.testing.assert_array_equal(report.rewards, np.ones(len(examples), np.float32))
@@ -51,9 +52,11 @@ def test_partial_credit_is_not_correct(verifier):
     superstring = f"{arithmetic['answer']}0"
     # reasoning-gym's own scores are partial credit, strictly between 0 and 1:
     for answer, entry in [(wrong_but_uses_numbers, countdown), (superstring, arithmetic)]:
-        assert 0.0 < reasoning_gym.get_score_answer_fn(entry["metadata"]["source_dataset"])(
-            answer, entry
-        ) < 1.0
+        assert (
+            0.0
+            < reasoning_gym.get_score_answer_fn(entry["metadata"]["source_dataset"])(answer, entry)
+            < 1.0
+        )
     report = verifier.score(
         [f"\\boxed{{{wrong_but_uses_numbers}}}", f"\\boxed{{{superstring}}}"],
         [countdown, arithmetic],

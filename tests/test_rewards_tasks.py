@@ -10,8 +10,18 @@ from rlvr_jax.rewards.tasks import TEST_SEED_OFFSET
 
 
 def test_registry_lists_the_required_tasks():
-    required = {"gsm8k", "math", "math500", "dapo_math", "aime", "countdown",
-                "basic_arithmetic", "chain_sum", "gsm_symbolic", "humaneval"}  # fmt: skip
+    required = {
+        "gsm8k",
+        "math",
+        "math500",
+        "dapo_math",
+        "aime",
+        "countdown",
+        "basic_arithmetic",
+        "chain_sum",
+        "gsm_symbolic",
+        "humaneval",
+    }
     assert required <= set(rewards.list_tasks())
     with pytest.raises(ValueError, match="unknown task 'nope'"):
         rewards.get_task("nope")
@@ -54,9 +64,12 @@ def test_math_task_from_tfds_counts_timeouts(tmp_path):
     for split in ("train", "test"):
         (manual / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     task = rewards.get_task(
-        "gsm8k", data_dir=str(tmp_path / "tfds"), manual_dir=str(manual), timeout_s=2.0,
+        "gsm8k",
+        data_dir=str(tmp_path / "tfds"),
+        manual_dir=str(manual),
+        timeout_s=2.0,
         system_prompt="Be brief.",
-    )  # fmt: skip
+    )
     try:
         examples = task.examples("test", seed=0)
         assert sorted(e["answer"] for e in examples) == ["0", "2", "4", "6"]

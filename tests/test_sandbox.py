@@ -168,8 +168,7 @@ def test_humaneval_correct_passes_and_wrong_fails(problems):
     correct = [p["prompt"] + p["answer"] for p in chosen]  # full function, as a model writes it
     wrong = ["    return None\n"] * len(chosen)
     partly_right = [
-        "```python\ndef has_close_elements(numbers, threshold):\n"
-        "    return len(numbers) > 1\n```"
+        "```python\ndef has_close_elements(numbers, threshold):\n    return len(numbers) > 1\n```"
     ]  # passes the first assert of HumanEval/0, fails a later one
     verifier = CodeVerifier(num_workers=2, limits=LIMITS)
     report = verifier.score(correct + wrong + partly_right, chosen + chosen + chosen[:1])

@@ -43,20 +43,61 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 # Imported by the launcher before it drops privileges: the unprivileged program may not be able
 # to read the interpreter's standard library (e.g. under /root), so common modules come loaded.
 PRELOADED_MODULES = (
-    "array", "bisect", "cmath", "collections", "copy", "dataclasses", "datetime", "decimal",
-    "enum", "fractions", "functools", "hashlib", "heapq", "itertools", "json", "math",
-    "numbers", "operator", "random", "re", "socket", "statistics", "string", "textwrap",
-    "time", "typing", "unicodedata",
-)  # fmt: skip
+    "array",
+    "bisect",
+    "cmath",
+    "collections",
+    "copy",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "enum",
+    "fractions",
+    "functools",
+    "hashlib",
+    "heapq",
+    "itertools",
+    "json",
+    "math",
+    "numbers",
+    "operator",
+    "random",
+    "re",
+    "socket",
+    "statistics",
+    "string",
+    "textwrap",
+    "time",
+    "typing",
+    "unicodedata",
+)
 _FS_CHANGE_EVENTS = {
-    "os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.symlink",
-    "os.link", "os.truncate", "os.utime", "os.chdir", "shutil.rmtree", "shutil.move",
-}  # fmt: skip
+    "os.remove",
+    "os.rename",
+    "os.rmdir",
+    "os.mkdir",
+    "os.chmod",
+    "os.chown",
+    "os.symlink",
+    "os.link",
+    "os.truncate",
+    "os.utime",
+    "os.chdir",
+    "shutil.rmtree",
+    "shutil.move",
+}
 _ALWAYS_BLOCKED_PREFIXES = ("socket.", "ctypes.", "os.kill", "os.killpg", "signal.pthread_kill")
 _PROCESS_EVENTS = (
-    "os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
-    "subprocess.Popen", "pty.spawn", "os.startfile",
-)  # fmt: skip
+    "os.fork",
+    "os.forkpty",
+    "os.system",
+    "os.exec",
+    "os.posix_spawn",
+    "os.spawn",
+    "subprocess.Popen",
+    "pty.spawn",
+    "os.startfile",
+)
 
 
 def _apply_limits(config: dict) -> None:
