@@ -22,6 +22,7 @@ TOY_DIR = Path(__file__).parent / "multidevice"
 sys.path.insert(0, str(TOY_DIR))
 import toy_train  # noqa: E402
 
+init_state = jax.jit(toy_train.init_state, static_argnums=0)  # one compile, not one per op
 update = jax.jit(toy_train.update)
 # The training loops donate the state, as a real train step does: an async save must have
 # copied the arrays it writes before the next step deletes them.
@@ -75,10 +76,10 @@ def config():
 
 def test_save_restore_continue_is_bitwise_identical_to_uninterrupted(tmp_path, config):
     total, saved_at, crashed_at = 7, 3, 5
-    reference, _ = _train(toy_train.init_state(), 0, np.random.default_rng(1), total)
+    reference, _ = _train(init_state(0), 0, np.random.default_rng(1), total)
 
     rng = np.random.default_rng(1)
-    state, position = toy_train.init_state(), 0
+    state, position = init_state(0), 0
     with ckpt_lib.Checkpointer(tmp_path, save_every_steps=saved_at, async_save=True) as ckpt:
         for step in range(1, crashed_at + 1):
             state, position = _train(state, position, rng, 1)
@@ -101,7 +102,7 @@ def test_save_restore_continue_is_bitwise_identical_to_uninterrupted(tmp_path, c
 
 
 def test_keeps_only_the_last_k_steps(tmp_path):
-    state = toy_train.init_state()
+    state = init_state(0)
     with ckpt_lib.Checkpointer(tmp_path, save_every_steps=1, keep_last=2) as ckpt:
         for step in range(1, 6):
             assert ckpt.save(step, state, {"step": step})
@@ -111,7 +112,7 @@ def test_keeps_only_the_last_k_steps(tmp_path):
 
 
 def test_save_schedule_and_no_double_save(tmp_path):
-    state = toy_train.init_state()
+    state = init_state(0)
     with ckpt_lib.Checkpointer(tmp_path, save_every_steps=4, async_save=False) as ckpt:
         assert [s for s in range(1, 9) if ckpt.should_save(s)] == [4, 8]
         assert not ckpt.save(3, state)
@@ -142,7 +143,7 @@ def _delete_state_item(step_dir: Path):
     ids=["truncated-files", "no-commit-metadata", "missing-item"],
 )
 def test_damaged_latest_step_is_skipped_with_a_warning(tmp_path, caplog, damage):
-    states = {0: toy_train.init_state()}
+    states = {0: init_state(0)}
     for step in (1, 2):
         states[step], _ = update(states[step - 1], toy_train.make_batch(step))
     with ckpt_lib.Checkpointer(tmp_path, save_every_steps=1, async_save=False) as ckpt:
@@ -168,7 +169,7 @@ def test_damaged_latest_step_is_skipped_with_a_warning(tmp_path, caplog, damage)
 
 def test_explicit_damaged_step_raises(tmp_path):
     with ckpt_lib.Checkpointer(tmp_path, async_save=False) as ckpt:
-        ckpt.save(1, toy_train.init_state(), force=True)
+        ckpt.save(1, init_state(0), force=True)
     _delete_commit_metadata(tmp_path / "1")
     with pytest.raises(ValueError, match="step 1 is incomplete: _CHECKPOINT_METADATA"):
         ckpt_lib.Checkpointer(tmp_path).restore(_abstract_state(), step=1)
@@ -182,7 +183,7 @@ def test_missing_directory_and_step_errors(tmp_path):
         empty.restore(_abstract_state())
     assert empty.latest_step() is None
     with ckpt_lib.Checkpointer(tmp_path / "one", async_save=False) as ckpt:
-        ckpt.save(5, toy_train.init_state(), force=True)
+        ckpt.save(5, init_state(0), force=True)
         with pytest.raises(FileNotFoundError, match=r"step 7 not found.*available steps: \[5\]"):
             ckpt.restore(_abstract_state(), step=7)
 
@@ -215,10 +216,10 @@ def test_prng_key_json_round_trip():
 def test_host_state_must_be_json(tmp_path):
     with ckpt_lib.Checkpointer(tmp_path, async_save=False) as ckpt:
         with pytest.raises(TypeError, match=r"host_state\['opaque'\]"):
-            ckpt.save(1, toy_train.init_state(), {"opaque": object()}, force=True)
+            ckpt.save(1, init_state(0), {"opaque": object()}, force=True)
         with pytest.raises(TypeError, match="prng_key_to_json"):
-            ckpt.save(1, toy_train.init_state(), {"key": jax.random.key(0)}, force=True)
-        ckpt.save(1, toy_train.init_state(), {"n": np.int64(3), "v": np.arange(2)}, force=True)
+            ckpt.save(1, init_state(0), {"key": jax.random.key(0)}, force=True)
+        ckpt.save(1, init_state(0), {"n": np.int64(3), "v": np.arange(2)}, force=True)
         restored = ckpt.restore(_abstract_state())
     assert restored.host_state == {"n": 3, "v": [0, 1]}
 
@@ -231,7 +232,7 @@ _PREEMPTION_CHILD = textwrap.dedent(
     from rlvr_jax import checkpoint as ckpt_lib
 
     update = jax.jit(toy_train.update)
-    state = toy_train.init_state()
+    state = jax.jit(toy_train.init_state, static_argnums=0)(0)
     with ckpt_lib.Checkpointer(sys.argv[1], save_every_steps=1000) as ckpt, \\
             ckpt_lib.PreemptionGuard() as guard:
         for step in range(1, 100000):
@@ -270,7 +271,7 @@ def test_sigterm_saves_at_step_boundary_and_exits_cleanly(tmp_path):
     assert entries == [str(saved_step)], f"unexpected files: {entries}"
     assert not [p for p in ckpt_dir.rglob("*") if "tmp" in p.name]
 
-    expected = toy_train.init_state()
+    expected = init_state(0)
     for step in range(1, saved_step + 1):
         expected, _ = update(expected, toy_train.make_batch(step))
     restored = ckpt_lib.Checkpointer(ckpt_dir, create=False).restore(_abstract_state())
