@@ -11,13 +11,15 @@ from rlvr_jax.data.humaneval import HumanEvalSource
 from rlvr_jax.rewards.code import CodeVerifier, build_program, extract_code
 from rlvr_jax.rewards.sandbox import (
     FAILED,
+    MAX_SLOTS,
     PASSED,
     TIMEOUT,
-    UID_BASE,
     SandboxLimits,
+    _acquire_slot,
     _processes_of_uid,
     isolation,
     run_python,
+    sandbox_uid,
 )
 
 LIMITS = SandboxLimits(timeout_s=2.0, memory_bytes=512 << 20, max_processes=4)
@@ -30,8 +32,8 @@ def problems():
 
 
 def _assert_no_sandbox_processes_left():
-    if os.geteuid() == 0:  # only root runs programs under the per-slot sandbox uid
-        assert _processes_of_uid(UID_BASE) == []
+    if os.geteuid() == 0:  # only root runs programs under sandbox uids
+        assert all(_processes_of_uid(sandbox_uid(slot)) == [] for slot in range(MAX_SLOTS))
 
 
 def test_clean_program_passes_and_failing_assert_fails():
@@ -181,3 +183,10 @@ def test_build_program_always_calls_the_tests(problems):
     assert program.rstrip().endswith(f"check({problem['entry_point']})")
     assert extract_code("text\n```python\nA = 1\n```\nmore\n```py\nB = 2\n```") == "B = 2\n"
     assert extract_code("   \n") is None
+
+
+def test_concurrent_runs_get_distinct_uids():
+    with _acquire_slot() as first, _acquire_slot() as second:
+        assert first != second and sandbox_uid(first) != sandbox_uid(second)
+    with _acquire_slot() as again:
+        assert again == min(first, second)  # released slots are reused

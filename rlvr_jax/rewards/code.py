@@ -11,7 +11,6 @@ are always called. Reward 1.0 iff the sandboxed program passes (see ``sandbox.ru
 from __future__ import annotations
 
 import concurrent.futures
-import queue
 import re
 from collections.abc import Mapping, Sequence
 
@@ -60,20 +59,14 @@ class CodeVerifier:
         codes = [extract_code(completion) for completion in completions]
         statuses = [NO_ANSWER] * len(completions)
         rewards = np.zeros(len(completions), np.float32)  # [N]
-        free_slots: queue.Queue[int] = queue.Queue()
-        for slot in range(self.num_workers):
-            free_slots.put(slot)
 
         def run(index: int) -> None:
-            slot = free_slots.get()
             try:
-                result = run_python(build_program(codes[index], problems[index]), self.limits, slot)
+                result = run_python(build_program(codes[index], problems[index]), self.limits)
                 statuses[index] = TIMEOUT if result.status == SANDBOX_TIMEOUT else OK
                 rewards[index] = float(result.status == PASSED)
             except Exception:  # a sandbox failure scores 0 and is counted, never raised
                 statuses[index] = CRASH
-            finally:
-                free_slots.put(slot)
 
         with concurrent.futures.ThreadPoolExecutor(self.num_workers) as executor:
             list(executor.map(run, [i for i, code in enumerate(codes) if code is not None]))

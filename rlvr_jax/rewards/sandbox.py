@@ -11,9 +11,10 @@ sandbox uid) as a backstop. The layers, all on by default:
   which are active on this host (without root only the audit hook is).
 * **limits**: ``RLIMIT_CPU``, ``RLIMIT_AS`` (memory), ``RLIMIT_FSIZE``, ``RLIMIT_NPROC``,
   ``RLIMIT_NOFILE``, no core files; a wall-clock timeout in this process.
-* **user**: as root, the program runs as an unprivileged uid ``UID_BASE + slot`` (one per
-  parallel slot, so ``RLIMIT_NPROC`` counts only that slot's processes); after each run every
-  process of that uid is killed, which also catches children that left the process group.
+* **user**: as root, the program runs as an unprivileged uid of its own, ``sandbox_uid(slot)``
+  (distinct per calling process and per concurrent run, so ``RLIMIT_NPROC`` counts only that
+  run's processes); after each run every process of that uid is killed, which also catches
+  children that left the process group.
   Without root the program keeps the caller's uid and ``RLIMIT_NPROC`` counts all of the
   caller's processes, so the limit is set to the caller's current count plus the allowance.
 * **file system**: an empty temporary working directory owned by the program's uid and
@@ -38,9 +39,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 
 UID_BASE = 61000
+MAX_SLOTS = 64  # concurrent sandboxed runs per calling process
 _CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_child.py")
 PASSED, FAILED, TIMEOUT = "passed", "failed", "timeout"
 _TIMEOUT_EXIT_CODE = 124  # the launcher's exit code when the program ran past timeout_s
@@ -87,6 +91,29 @@ class SandboxResult:
         return self.status == PASSED
 
 
+_slots_lock = threading.Lock()
+_slots_in_use: set[int] = set()
+
+
+def sandbox_uid(slot: int) -> int:
+    """The uid of slot ``slot`` in this process: ``UID_BASE + (pid % 8192) * MAX_SLOTS + slot``."""
+    return UID_BASE + (os.getpid() % 8192) * MAX_SLOTS + slot
+
+
+@contextlib.contextmanager
+def _acquire_slot() -> Iterator[int]:
+    with _slots_lock:
+        free = [slot for slot in range(MAX_SLOTS) if slot not in _slots_in_use]
+        if not free:
+            raise RuntimeError(f"more than {MAX_SLOTS} concurrent sandboxed runs")
+        _slots_in_use.add(free[0])
+    try:
+        yield free[0]
+    finally:
+        with _slots_lock:
+            _slots_in_use.discard(free[0])
+
+
 def _is_root() -> bool:
     return os.geteuid() == 0
 
@@ -96,7 +123,7 @@ def isolation() -> dict[str, str]:
     root = _is_root()
     return {
         "network": "network namespace + audit hook" if root else "audit hook only",
-        "user": f"unprivileged uid {UID_BASE}+slot" if root else "caller's uid",
+        "user": "an unprivileged uid per concurrent run" if root else "caller's uid",
         "process_limit": "per-slot RLIMIT_NPROC" if root else "RLIMIT_NPROC over caller's uid",
     }
 
@@ -149,15 +176,18 @@ def _user_process_count() -> int:
     return len(_processes_of_uid(os.getuid()))
 
 
-def run_python(
-    program: str, limits: SandboxLimits = SandboxLimits(), slot: int = 0
-) -> SandboxResult:
+def run_python(program: str, limits: SandboxLimits | None = None) -> SandboxResult:
     """Run ``program`` in the sandbox; it passes if it exits cleanly (see the module doc).
 
-    ``slot`` selects the sandbox uid; concurrent runs must use different slots.
+    Thread-safe: concurrent calls run under different sandbox uids.
     """
+    with _acquire_slot() as slot:
+        return _run_in_slot(program, limits or SandboxLimits(), slot)
+
+
+def _run_in_slot(program: str, limits: SandboxLimits, slot: int) -> SandboxResult:
     root = _is_root()
-    uid = UID_BASE + slot if root else None
+    uid = sandbox_uid(slot) if root else None
     nproc = limits.max_processes + (1 if root else _user_process_count())
     nonce = secrets.token_hex(16)
     workdir = tempfile.mkdtemp(prefix="rlvr_sandbox_")
