@@ -20,10 +20,14 @@ are kept too. ``truncated_mass = Σ_{i ∉ K} softmax(z / T)_i`` is the mass the
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+import functools
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from rlvr_jax import models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,3 +180,205 @@ def sample_from_logits(
         sampling_entropy=entropy,
         truncated_mass=truncated_mass,
     )
+
+
+class Generation(NamedTuple):
+    """G completions per prompt, each ``[B, G, L]`` with ``L = max_new_tokens``.
+
+    Attributes:
+      tokens: int32 completion tokens; ``pad_id`` after a row's first EOS.
+      mask: bool, true up to and including the first EOS (the tokens the row generated).
+      sampling_logprobs: log-prob of each token under the distribution it was drawn from.
+      policy_logprobs: log-prob of each token under the untruncated policy at temperature 1.
+      sampling_entropy: entropy of the actual sampling distribution at each step.
+      truncated_mass: probability mass top-k / top-p / min-p cut at each step.
+      lengths: ``[B, G]`` int32, the number of generated tokens (``mask.sum(-1)``).
+    The float fields are 0 where ``mask`` is false.
+    """
+
+    tokens: jax.Array
+    mask: jax.Array
+    sampling_logprobs: jax.Array
+    policy_logprobs: jax.Array
+    sampling_entropy: jax.Array
+    truncated_mass: jax.Array
+    lengths: jax.Array
+
+
+def round_up(n: int, multiple: int) -> int:
+    """The bucket of ``n``: the smallest multiple of ``multiple`` that is ``>= n``."""
+    return -(-n // multiple) * multiple
+
+
+def _padded_eos_ids(eos_ids: tuple[int, ...], multiple: int = 8) -> jax.Array:
+    """EOS ids padded with -1 (never a token) to a bucketed length, so they never recompile."""
+    if any(i < 0 for i in eos_ids):
+        raise ValueError(f"eos_ids must be non-negative token ids, got {eos_ids}")
+    padded = -np.ones(round_up(max(len(eos_ids), 1), multiple), np.int32)
+    padded[: len(eos_ids)] = eos_ids
+    return jnp.asarray(padded)
+
+
+def sample_keys(key: jax.Array, prompt_ids: jax.Array, num_samples: int) -> jax.Array:
+    """``fold_in(fold_in(key, prompt_id), sample_id)`` for every prompt and sample: ``[B, G]``.
+
+    A completion's randomness depends only on ``key``, its prompt's id and its sample index,
+    so runs that differ in anything else (the estimator, the batch composition) see the same
+    rollouts for the same prompt ids.
+    """
+    per_prompt = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, prompt_ids)  # [B]
+    samples = jnp.arange(num_samples)
+    return jax.vmap(lambda k: jax.vmap(jax.random.fold_in, in_axes=(None, 0))(k, samples))(
+        per_prompt
+    )  # [B, G]
+
+
+def _last_logits(config: models.ModelConfig, hidden: jax.Array, unembedding: jax.Array):
+    """Float32 logits of the last position, ``[N, V]``, as ``models.forward`` computes them."""
+    return jnp.einsum("nd,dv->nv", hidden[:, -1], unembedding, preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "strategy", "num_samples", "buffer_length"))
+def _generate_bucketed(
+    params: Any,
+    prompt_tokens: jax.Array,  # [B, P] left-padded, P a bucket size
+    prompt_mask: jax.Array,  # [B, P] bool
+    key: jax.Array,
+    prompt_ids: jax.Array,  # [B] int32
+    max_new_tokens: jax.Array,  # [] int32, <= buffer_length
+    eos_ids: jax.Array,  # [E] int32
+    pad_id: jax.Array,  # [] int32
+    *,
+    config: models.ModelConfig,
+    strategy: SamplingStrategy,
+    num_samples: int,
+    buffer_length: int,
+) -> Generation:
+    B, P = prompt_tokens.shape
+    G, L = num_samples, buffer_length
+    N = B * G  # decode rows, ordered b * G + g
+    unembedding = models.unembedding(config, params).astype(config.dtype)  # [D, V]
+
+    cache = models.init_cache(config, B, P + L)
+    hidden, cache = models.hidden_states(
+        config, params, prompt_tokens, attention_mask=prompt_mask, cache=cache
+    )  # [B, P, D]
+    logits = jnp.repeat(_last_logits(config, hidden, unembedding), G, axis=0)  # [N, V]
+    cache = {
+        "k": jnp.repeat(cache["k"], G, axis=1),  # [layers, N, P + L, K, Dh]
+        "v": jnp.repeat(cache["v"], G, axis=1),
+        "valid": jnp.repeat(cache["valid"], G, axis=0),  # [N, P + L]
+        "index": cache["index"],
+    }
+    row_keys = sample_keys(key, prompt_ids, G).reshape(N)  # [N]
+    sample_rows = jax.vmap(lambda k, z: sample_from_logits(k, z, strategy))
+
+    def sample_step(step, logits, done, outputs):
+        step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step)  # [N]
+        drawn = sample_rows(step_keys, logits)
+        live = ~done  # [N]
+        token = jnp.where(live, drawn.token, pad_id)
+        columns = (token, live, *(jnp.where(live, x, 0.0) for x in drawn[1:]))
+        outputs = tuple(buf.at[:, step].set(col) for buf, col in zip(outputs, columns, strict=True))
+        done = done | jnp.any(token[:, None] == eos_ids[None, :], axis=-1)
+        return token, done, outputs
+
+    float_buffer = jnp.zeros((N, L), jnp.float32)
+    outputs = (jnp.full((N, L), pad_id, jnp.int32), jnp.zeros((N, L), bool), *[float_buffer] * 4)
+    token, done, outputs = sample_step(0, logits, jnp.zeros((N,), bool), outputs)
+
+    def keep_going(state):
+        step, _, _, done, _ = state
+        return (step < max_new_tokens) & ~jnp.all(done)
+
+    def decode(state):
+        step, token, cache, done, outputs = state
+        hidden, cache = models.hidden_states(config, params, token[:, None], cache=cache)
+        token, done, outputs = sample_step(
+            step, _last_logits(config, hidden, unembedding), done, outputs
+        )
+        return step + 1, token, cache, done, outputs
+
+    state = (jnp.int32(1), token, cache, done, outputs)
+    outputs = jax.lax.while_loop(keep_going, decode, state)[-1]
+    tokens, mask, *floats = (x.reshape(B, G, L) for x in outputs)
+    return Generation(tokens, mask, *floats, lengths=jnp.sum(mask, axis=-1, dtype=jnp.int32))
+
+
+def generate(
+    config: models.ModelConfig,
+    params: Any,
+    prompt_tokens: jax.Array,
+    prompt_mask: jax.Array,
+    key: jax.Array,
+    *,
+    max_new_tokens: int,
+    num_samples: int = 1,
+    strategy: SamplingStrategy = SamplingStrategy(),
+    eos_ids: tuple[int, ...] | None = None,
+    prompt_ids: jax.Array | None = None,
+    pad_id: int = 0,
+    prompt_bucket: int = 64,
+    length_bucket: int = 64,
+) -> Generation:
+    """Samples ``num_samples`` completions for each left-padded prompt with a KV cache.
+
+    ``prompt_tokens`` ``[B, P]`` are left-padded (``prompt_mask`` 1 on real tokens, every row
+    at least one). The prompts are prefilled once, the cache is repeated G times, and a
+    compiled ``lax.while_loop`` decodes until every row has emitted one of ``eos_ids``
+    (default ``config.eos_token_ids``) or ``max_new_tokens`` tokens, whichever comes first.
+
+    Shapes are bucketed: the prompt is left-padded further to a multiple of ``prompt_bucket``
+    and the decode buffers hold a multiple of ``length_bucket`` steps (``max_new_tokens`` is
+    a traced loop bound), so the function compiles once per (B, G, bucket) shape. Random
+    numbers for prompt ``b``, sample ``g`` and step ``t`` come from
+    ``fold_in(sample_keys(key, prompt_ids, G)[b, g], t)``; ``prompt_ids`` default to
+    ``arange(B)``. The parameters are the training parameters; pass sharded arrays to run on a
+    mesh (the batch axis of the prompts sharded over data-parallel axes).
+    """
+    if prompt_tokens.ndim != 2 or prompt_mask.shape != prompt_tokens.shape:
+        raise ValueError(
+            f"prompt_tokens and prompt_mask must both be [B, P]; got {prompt_tokens.shape} "
+            f"and {prompt_mask.shape}"
+        )
+    if max_new_tokens < 1 or num_samples < 1:
+        raise ValueError(
+            f"max_new_tokens and num_samples must be >= 1, got {max_new_tokens}, {num_samples}"
+        )
+    if prompt_bucket < 1 or length_bucket < 1:
+        raise ValueError(f"buckets must be >= 1, got {prompt_bucket}, {length_bucket}")
+    prompt_mask = jnp.asarray(prompt_mask).astype(bool)
+    if not isinstance(prompt_mask, jax.core.Tracer) and not bool(jnp.all(prompt_mask[:, -1])):
+        raise ValueError("prompts must be left-padded with a real last token in every row")
+    B, P = prompt_tokens.shape
+    buffer_length = round_up(max_new_tokens, length_bucket)
+    if P + buffer_length > config.max_position_embeddings:
+        raise ValueError(
+            f"prompt length {P} + {buffer_length} decode steps exceeds the model's "
+            f"max_position_embeddings={config.max_position_embeddings}"
+        )
+    extra = round_up(P, prompt_bucket) - P
+    prompt_tokens = jnp.pad(
+        jnp.asarray(prompt_tokens, jnp.int32), ((0, 0), (extra, 0)), constant_values=pad_id
+    )
+    prompt_mask = jnp.pad(prompt_mask, ((0, 0), (extra, 0)))
+    if prompt_ids is None:
+        prompt_ids = jnp.arange(B, dtype=jnp.int32)
+    elif jnp.shape(prompt_ids) != (B,):
+        raise ValueError(f"prompt_ids must be [B={B}], got shape {jnp.shape(prompt_ids)}")
+    eos_ids = tuple(int(i) for i in (config.eos_token_ids if eos_ids is None else eos_ids))
+    out = _generate_bucketed(
+        params,
+        prompt_tokens,
+        prompt_mask,
+        key,
+        jnp.asarray(prompt_ids, jnp.int32),
+        jnp.int32(max_new_tokens),
+        _padded_eos_ids(eos_ids),
+        jnp.int32(pad_id),
+        config=config,
+        strategy=strategy,
+        num_samples=num_samples,
+        buffer_length=buffer_length,
+    )
+    return Generation(*(x[..., :max_new_tokens] for x in out[:-1]), lengths=out.lengths)
