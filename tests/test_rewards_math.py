@@ -125,3 +125,20 @@ def test_pool_rejects_bad_arguments():
         TimeoutPool(num_workers=0, timeout_s=1.0)
     with pytest.raises(ValueError, match="timeout_s"):
         TimeoutPool(num_workers=1, timeout_s=0)
+
+
+def test_pool_replaces_a_worker_that_died_while_idle(pool):
+    pool.map(pow, [(2, 2), (2, 3)])  # both workers started and idle
+    for worker in pool._workers:
+        worker.process.kill()
+        worker.process.join()
+    outcomes = pool.map(pow, [(2, 5), (3, 3)])
+    assert [(o.status, o.value) for o in outcomes] == [(OK, 32), (OK, 27)]
+
+
+def test_pool_with_broken_setup_raises_instead_of_looping():
+    with (
+        TimeoutPool(num_workers=1, timeout_s=1.0, preload=("no_such_module_for_rlvr",)) as pool,
+        pytest.raises(RuntimeError, match="keep dying while starting"),
+    ):
+        pool.map(pow, [(2, 2)])

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 OK, TIMEOUT, CRASH = "ok", "timeout", "crash"
+_MAX_START_FAILURES = 3  # consecutive deaths before "ready": a broken setup, not bad input
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +103,7 @@ class TimeoutPool:
         self._context = multiprocessing.get_context("spawn")
         self._memory_limit_bytes = memory_limit_bytes
         self._preload = tuple(preload)
+        self._start_failures = 0
         self._workers = [self._new_worker() for _ in range(num_workers)]
 
     def _new_worker(self) -> _Worker:
@@ -119,11 +121,17 @@ class TimeoutPool:
         outcomes: list[Outcome | None] = [None] * len(args_list)
         pending = deque(range(len(args_list)))
         while pending or any(worker.job is not None for worker in self._workers):
-            for worker in self._workers:
+            for worker in list(self._workers):
                 if worker.ready and worker.job is None and pending:
-                    worker.job = pending.popleft()
+                    job = pending.popleft()
+                    try:
+                        worker.conn.send((fn, args_list[job]))
+                    except (BrokenPipeError, ConnectionResetError):  # died while idle
+                        pending.appendleft(job)
+                        self._replace(worker)
+                        continue
+                    worker.job = job
                     worker.deadline = time.monotonic() + self.timeout_s
-                    worker.conn.send((fn, args_list[worker.job]))
             waiting = [w for w in self._workers if not w.ready or w.job is not None]
             deadlines = [w.deadline for w in waiting if w.job is not None]
             wait_s = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
@@ -141,9 +149,11 @@ class TimeoutPool:
             message = worker.conn.recv()
         except (EOFError, OSError):
             if not worker.ready:
-                code = worker.process.exitcode
-                reason = f"a verifier worker died while starting (exit code {code})"
-                raise RuntimeError(reason) from None
+                self._start_failures += 1
+                if self._start_failures > _MAX_START_FAILURES:
+                    code = worker.process.exitcode
+                    reason = f"verifier workers keep dying while starting (exit code {code})"
+                    raise RuntimeError(reason) from None
             if worker.job is not None:
                 code = worker.process.exitcode
                 outcomes[worker.job] = Outcome(CRASH, error=f"worker died (exit code {code})")
@@ -151,6 +161,7 @@ class TimeoutPool:
             return
         if message == "ready":
             worker.ready = True
+            self._start_failures = 0
             return
         status, value, error = message
         outcomes[worker.job] = Outcome(status, value, error)
