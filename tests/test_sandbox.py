@@ -180,7 +180,7 @@ def test_humaneval_correct_passes_and_wrong_fails(problems):
 def test_build_program_always_calls_the_tests(problems):
     problem = problems[0]
     program = build_program("    pass\n", problem)
-    assert program.rstrip().endswith(f"check({problem['entry_point']})")
+    assert program.rstrip().endswith(f"check(_rlvr_plain_values({problem['entry_point']}))")
     assert extract_code("text\n```python\nA = 1\n```\nmore\n```py\nB = 2\n```") == "B = 2\n"
     assert extract_code("   \n") is None
 
@@ -190,3 +190,18 @@ def test_concurrent_runs_get_distinct_uids():
         assert first != second and sandbox_uid(first) != sandbox_uid(second)
     with _acquire_slot() as again:
         assert again == min(first, second)  # released slots are reused
+
+
+def test_always_equal_objects_do_not_pass(problems):
+    always_equal = (
+        "```python\nclass AlwaysEqual:\n"
+        "    def __eq__(self, other):\n        return True\n\n"
+        "class Sneaky(int):\n"
+        "    def __eq__(self, other):\n        return True\n\n"
+        "def has_close_elements(numbers, threshold):\n"
+        "    return {}\n```"
+    )
+    completions = [always_equal.format("AlwaysEqual()"), always_equal.format("Sneaky(0)")]
+    verifier = CodeVerifier(num_workers=2, limits=LIMITS)
+    report = verifier.score([*completions, problems[0]["answer"]], [problems[0]] * 3)
+    np.testing.assert_array_equal(report.rewards, [0.0, 0.0, 1.0])

@@ -5,7 +5,10 @@ the whole completion. If the code defines the entry-point function, the program 
 problem's prompt (its imports and the stub) followed by the code, so the code's definition
 replaces the stub; otherwise the code is taken as the body that continues the prompt. The
 problem's ``test`` (which defines ``check``) and ``check(<entry_point>)`` follow, so the tests
-are always called. Reward 1.0 iff the sandboxed program passes (see ``sandbox.run_python``).
+are always called, on the solution wrapped so that it must return plain built-in values (an
+"always equal" object is a known reward hack). Reward 1.0 iff the sandboxed program passes
+(see ``sandbox.run_python``). Not defended: a solution that monkey-patches built-ins or
+modules the tests use (``math.isclose``, ``abs``) before the tests run.
 """
 
 from __future__ import annotations
@@ -31,6 +34,38 @@ def extract_code(completion: str) -> str | None:
     return code if code.strip() else None
 
 
+# Defined before the solution runs, so it holds the real built-ins. The tests see the solution
+# through it: every return value must be built of plain built-in types (checked by identity),
+# so an object whose ``__eq__`` always returns True cannot pass ``assert f(x) == y``.
+_PLAIN_VALUES_GUARD = """
+def _rlvr_plain_values(function, _type=type, _any=any, _error=TypeError):
+    plain = (int, float, complex, str, bytes, bool, type(None))
+    containers = (list, tuple, set, frozenset)
+
+    def check_value(value, depth=0):
+        kind = _type(value)
+        if _any(kind is t for t in plain):
+            return
+        if depth < 32 and _any(kind is t for t in containers):
+            for item in value:
+                check_value(item, depth + 1)
+            return
+        if depth < 32 and kind is dict:
+            for key, item in dict.items(value):
+                check_value(key, depth + 1)
+                check_value(item, depth + 1)
+            return
+        raise _error("the solution returned a non-built-in value")
+
+    def guarded(*args, **kwargs):
+        value = function(*args, **kwargs)
+        check_value(value)
+        return value
+
+    return guarded
+"""
+
+
 def build_program(code: str, problem: Mapping[str, str]) -> str:
     """The complete test program for ``code`` on a HumanEval-style ``problem``."""
     entry_point = problem["entry_point"]
@@ -38,7 +73,10 @@ def build_program(code: str, problem: Mapping[str, str]) -> str:
         solution = problem["prompt"] + "\n\n" + code
     else:
         solution = problem["prompt"] + code
-    return f"{solution}\n\n{problem['test']}\n\ncheck({entry_point})\n"
+    return (
+        f"{_PLAIN_VALUES_GUARD}\n{solution}\n\n{problem['test']}\n\n"
+        f"check(_rlvr_plain_values({entry_point}))\n"
+    )
 
 
 class CodeVerifier:
