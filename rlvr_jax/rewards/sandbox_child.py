@@ -126,9 +126,9 @@ def _make_audit_hook(workdir: str, allow_processes: bool):
         if event == "open":
             path, mode, flags = args
             if isinstance(path, (str, bytes)):
-                text = os.fsdecode(path)
-                if text.startswith("/proc/") and text.endswith("/environ"):
-                    raise PermissionError(f"sandbox: reading {text} is not allowed")
+                real = os.path.realpath(os.path.join(workdir, os.fsdecode(path)))
+                if real.startswith("/proc/") and real.endswith("/environ"):
+                    raise PermissionError(f"sandbox: reading {real} is not allowed")
             writing = (mode and any(c in str(mode) for c in "wax+")) or (flags & _WRITE_FLAGS)
             if writing and not inside(path):
                 raise PermissionError(f"sandbox: writing {path!r} outside the working dir")
