@@ -193,3 +193,42 @@ def test_bad_inputs_are_named(params, prompts, change, message):
     kwargs.update(change)
     with pytest.raises(ValueError, match=message):
         generate(TINY, params, key=jax.random.key(0), **kwargs)
+
+
+@pytest.mark.network_pypi
+@pytest.mark.slow
+def test_greedy_equals_transformers_greedy_on_smollm2(tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    config, smol_params = models.load("smollm2-135m-instruct")
+    tokenizer = models.load_tokenizer("smollm2-135m-instruct")
+    models.save_hf(config, smol_params, str(tmp_path))
+    reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    texts = [
+        "The capital of France is",
+        "Question: what is 12 times 7? Think step by step, then give the final answer. Answer:",
+        "def fibonacci(n):",
+    ]
+    batch = tokenizer(texts, return_tensors="np", padding=True)
+    assert (
+        tokenizer.padding_side == "left" and len({int(m.sum()) for m in batch.attention_mask}) == 3
+    )
+    new_tokens = 24
+    ours = generate(
+        config, smol_params, jnp.asarray(batch.input_ids), jnp.asarray(batch.attention_mask),
+        jax.random.key(0), max_new_tokens=new_tokens, strategy=sampling.greedy(),
+    )  # fmt: skip
+    with torch.no_grad():
+        theirs = reference.generate(
+            input_ids=torch.from_numpy(batch.input_ids),
+            attention_mask=torch.from_numpy(batch.attention_mask),
+            max_new_tokens=new_tokens, do_sample=False, eos_token_id=list(config.eos_token_ids),
+            pad_token_id=tokenizer.pad_token_id,
+        )[:, batch.input_ids.shape[1] :].numpy()  # fmt: skip
+    assert int(ours.lengths.max()) >= 8, "the comparison needs real continuations"
+    for row in range(len(texts)):
+        length = int(ours.lengths[row, 0])
+        np.testing.assert_array_equal(
+            np.asarray(ours.tokens[row, 0, :length]), theirs[row, :length]
+        )
+        assert length == new_tokens or theirs[row, length - 1] in config.eos_token_ids
