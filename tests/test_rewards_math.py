@@ -1,6 +1,6 @@
 """Math verifier: an adversarial table with a time bound, and the timeout pool's containment.
 
-Stated bound: the whole table (35 items, 3 of them parser explosions that hit the 2 s hard
+Stated bound: the whole table (35 items, 3 of them parser explosions that hit the 3 s hard
 timeout) scores within 60 s on a shared 2-core CPU, worker start-up included.
 """
 
@@ -54,7 +54,7 @@ TABLE = [
     ("blah " * 200_000 + r"\boxed{\frac{1}{2}}", "0.5", 1.0, OK),
     ("blah " * 200_000 + r"\boxed{7}", "0.5", 0.0, OK),
     # deeply nested braces: extraction is fine, the LaTeX parser is exponential in depth
-    (r"\boxed{" + "{" * 12 + "x" + "}" * 12 + "}", "1", 0.0, TIMEOUT),
+    (r"\boxed{" + "{" * 16 + "x" + "}" * 16 + "}", "1", 0.0, TIMEOUT),
     # LaTeX that makes parsers or SymPy explode
     (r"\boxed{10^{10^{10^{10}}}}", "1", 0.0, TIMEOUT),
     (r"\boxed{9^{9^{9^{9^{9}}}}}", "3", 0.0, TIMEOUT),
@@ -65,7 +65,7 @@ TABLE = [
 
 @pytest.fixture(scope="module")
 def verifier():
-    verifier = MathVerifier(num_workers=2, timeout_s=2.0)
+    verifier = MathVerifier(num_workers=2, timeout_s=3.0)
     yield verifier
     verifier.close()
 

@@ -148,6 +148,7 @@ class TimeoutPool:
         try:
             message = worker.conn.recv()
         except (EOFError, OSError):
+            worker.process.join(timeout=1.0)  # the pipe closes just before the exit is reaped
             if not worker.ready:
                 self._start_failures += 1
                 if self._start_failures > _MAX_START_FAILURES:
