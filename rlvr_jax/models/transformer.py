@@ -57,20 +57,38 @@ class RMSNorm(nn.Module):
         return normed.astype(self.dtype) * scale.astype(self.dtype)
 
 
+class Projection(nn.Module):
+    """y = x · W (+ b): contracts the last `len(in_names)` axes of x with W's leading axes.
+
+    The kernel is created in its full shape (e.g. [D, H, Dh]) with logical axis names, so
+    sharding rules apply to it as-is (flax's DenseGeneral initialises a flattened kernel, which
+    breaks logical constraints on multi-axis kernels while a mesh is active).
+    """
+
+    features: tuple[int, ...]
+    names: tuple[str, ...]
+    bias_names: tuple[str, ...] | None
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        contract = len(self.names) - len(self.features)
+        shape = (*x.shape[x.ndim - contract:], *self.features)
+        kernel = self.param("kernel", _init(self.names), shape, self.param_dtype)
+        dims = ((tuple(range(x.ndim - contract, x.ndim)), tuple(range(contract))), ((), ()))
+        y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), dims)
+        if self.bias_names is not None:
+            bias = self.param("bias", _zeros(self.bias_names), self.features, self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
 def _projection(
-    config: ModelConfig, features: tuple[int, ...], axis: int | tuple[int, ...],
-    names: tuple[str, ...], bias_names: tuple[str, ...] | None, name: str,
-) -> nn.DenseGeneral:
-    return nn.DenseGeneral(
-        features=features,
-        axis=axis,
-        use_bias=bias_names is not None,
-        dtype=config.dtype,
-        param_dtype=config.param_dtype,
-        kernel_init=_init(names),
-        bias_init=_zeros(bias_names or ()),
-        name=name,
-    )
+    config: ModelConfig, features: tuple[int, ...], names: tuple[str, ...],
+    bias_names: tuple[str, ...] | None, name: str,
+) -> Projection:
+    return Projection(features, names, bias_names, config.dtype, config.param_dtype, name=name)
 
 
 class Attention(nn.Module):
@@ -98,9 +116,9 @@ class Attention(nn.Module):
         H, K, Dh = c.num_heads, c.num_kv_heads, c.head_dim
         bias = ("heads", "head_dim") if c.qkv_bias else None
         kv_bias = ("kv_heads", "head_dim") if c.qkv_bias else None
-        q = _projection(c, (H, Dh), -1, ("embed", "heads", "head_dim"), bias, "q_proj")(x)
-        k = _projection(c, (K, Dh), -1, ("embed", "kv_heads", "head_dim"), kv_bias, "k_proj")(x)
-        v = _projection(c, (K, Dh), -1, ("embed", "kv_heads", "head_dim"), kv_bias, "v_proj")(x)
+        q = _projection(c, (H, Dh), ("embed", "heads", "head_dim"), bias, "q_proj")(x)
+        k = _projection(c, (K, Dh), ("embed", "kv_heads", "head_dim"), kv_bias, "k_proj")(x)
+        v = _projection(c, (K, Dh), ("embed", "kv_heads", "head_dim"), kv_bias, "v_proj")(x)
         if c.qk_norm:
             norm = dict(eps=c.norm_eps, dtype=c.dtype, param_dtype=c.param_dtype,
                         axis_name="head_dim")
@@ -143,7 +161,7 @@ class Attention(nn.Module):
         probs = jnp.where(visible, probs, 0.0).astype(c.dtype)
         out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(B, T, H, Dh)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", None))
-        o_proj = _projection(c, (c.hidden_size,), (-2, -1), ("heads", "head_dim", "embed"), None,
+        o_proj = _projection(c, (c.hidden_size,), ("heads", "head_dim", "embed"), None,
                              "o_proj")
         return o_proj(out), new_cache
 
@@ -156,10 +174,10 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:  # [B, T, D] -> [B, T, D]
         c = self.config
-        gate = _projection(c, (c.mlp_dim,), -1, ("embed", "mlp"), None, "gate_proj")(x)
-        up = _projection(c, (c.mlp_dim,), -1, ("embed", "mlp"), None, "up_proj")(x)
+        gate = _projection(c, (c.mlp_dim,), ("embed", "mlp"), None, "gate_proj")(x)
+        up = _projection(c, (c.mlp_dim,), ("embed", "mlp"), None, "up_proj")(x)
         h = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "mlp"))
-        return _projection(c, (c.hidden_size,), -1, ("mlp", "embed"), None, "down_proj")(h)
+        return _projection(c, (c.hidden_size,), ("mlp", "embed"), None, "down_proj")(h)
 
 
 class DecoderLayer(nn.Module):
