@@ -124,3 +124,67 @@ def test_bfloat16_params_and_compute(saved_family):
     assert logits.dtype == jnp.float32
     ref = _hf_logits(hf_model, TOKENS[:1], MASK[:1])
     assert np.abs(np.asarray(logits) - ref).max() < 0.1 * np.abs(ref).max()
+
+
+@pytest.fixture()
+def tiny_checkpoint(tmp_path):
+    config = models.ModelConfig(family="qwen2", vocab_size=32, hidden_size=16, num_layers=2,
+                                num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=24,
+                                qkv_bias=True)
+    directory = tmp_path / "ckpt"
+    models.save_hf(config, models.init_params(config, jax.random.key(0)), str(directory))
+    return directory
+
+
+def _edit_config(directory, **changes):
+    path = directory / "config.json"
+    hf = json.loads(path.read_text())
+    hf.update(changes)
+    path.write_text(json.dumps(hf))
+
+
+def test_missing_and_truncated_files(tiny_checkpoint):
+    weights = tiny_checkpoint / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:-100])
+    with pytest.raises(ValueError, match=r"model\.safetensors: truncated file: tensor '.*'"):
+        models.load(str(tiny_checkpoint))
+    weights.write_bytes(data[:5])
+    with pytest.raises(ValueError, match=r"model\.safetensors: truncated"):
+        models.load(str(tiny_checkpoint))
+    weights.unlink()
+    with pytest.raises(FileNotFoundError, match=r"no \*\.safetensors files"):
+        models.load(str(tiny_checkpoint))
+    (tiny_checkpoint / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no config\.json"):
+        models.load(str(tiny_checkpoint))
+
+
+def test_shape_mismatch_names_file_and_tensor(tiny_checkpoint):
+    _edit_config(tiny_checkpoint, intermediate_size=32)
+    with pytest.raises(ValueError, match=r"model\.safetensors: tensor "
+                                         r"'model\.layers\.0\.mlp\.down_proj\.weight' has shape "
+                                         r"\(16, 24\), config\.json implies \(16, 32\)"):
+        models.load(str(tiny_checkpoint))
+
+
+def test_unknown_architecture_and_tensor_mismatches(tiny_checkpoint):
+    _edit_config(tiny_checkpoint, model_type="gpt2", architectures=["GPT2LMHeadModel"])
+    with pytest.raises(ValueError, match=r"config\.json: unknown architecture.*'gpt2'"):
+        models.load(str(tiny_checkpoint))
+    _edit_config(tiny_checkpoint, model_type="llama", architectures=["LlamaForCausalLM"])
+    with pytest.raises(ValueError, match=r"does not use \(architecture mismatch\?\).*q_proj\.bias"):
+        models.load(str(tiny_checkpoint))
+    _edit_config(tiny_checkpoint, model_type="qwen2", num_hidden_layers=3)
+    with pytest.raises(KeyError, match=r"missing tensor 'model\.layers\.2\."):
+        models.load(str(tiny_checkpoint))
+
+
+def test_unknown_names_and_presets_without_weights(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither an existing path nor a preset"):
+        models.load("no-such-model")
+    with pytest.raises(ValueError, match="has no bundled weights"):
+        models.load("qwen2.5-7b")
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"not an HF checkpoint directory or a \.gguf file"):
+        models.load(str(tmp_path / "weights.bin"))
