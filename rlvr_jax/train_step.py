@@ -244,7 +244,7 @@ def make_train_step(
         grads0 = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
         (grads, update_metrics), _ = jax.lax.scan(accumulate, (grads0, metrics0), micro)
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
-        update_metrics["grad_norm"] = optax.global_norm(grads)
+        update_metrics["grad_norm"] = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), update_metrics
 

@@ -1,0 +1,198 @@
+"""The compiled train step: gradients against a naive full-logits loss, micro-batch and device
+invariance, optimisation of the objective, exact resume from a checkpoint, config errors."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from rlvr_jax import checkpoint, models, sharding
+from rlvr_jax import optimizer as optim
+from rlvr_jax import train_step as ts
+
+CONFIG = models.ModelConfig(family="llama", vocab_size=64, hidden_size=32, num_layers=2,
+                            num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64)
+N, P, L = 8, 5, 6
+SGD = {"name": "sgd", "learning_rate": 1.0, "grad_clip_norm": 0}
+
+
+def make_batch(seed=0, advantages=None):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, CONFIG.vocab_size, size=(N, P + L)).astype(np.int32)
+    mask = np.ones((N, P + L), bool)
+    mask[:3, :2] = False  # left-padded prompts
+    response = np.ones((N, L), np.float32)
+    response[::2, 4:] = 0.0  # responses that ended early
+    return {
+        "tokens": tokens, "attention_mask": mask, "response_mask": response,
+        "old_logp": -rng.exponential(0.5, size=(N, L)).astype(np.float32) - 3.5,
+        "advantages": rng.normal(size=(N,)).astype(np.float32) if advantages is None
+        else advantages,
+    }
+
+
+def setup(config=None, optim_config=SGD, seed=0):
+    mesh = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
+    rules = sharding.rules_from_config(None)
+    tx = optim.make_optimizer(optim_config)
+    state, shardings = ts.create_train_state(CONFIG, tx, jax.random.key(seed), mesh, rules)
+    step = ts.make_train_step(config, CONFIG, tx, mesh, rules, shardings)
+    return state, step, (mesh, rules, tx, shardings)
+
+
+def naive_loss(params, batch, clip=0.2):
+    """Full [N, T, V] logits, log-softmax, gather, clipped surrogate, token mean."""
+    logits = models.forward(CONFIG, params, jnp.asarray(batch["tokens"]),
+                            attention_mask=jnp.asarray(batch["attention_mask"]))
+    logp_all = jax.nn.log_softmax(logits[:, :-1], axis=-1)
+    logp = jnp.take_along_axis(logp_all, batch["tokens"][:, 1:, None], -1)[..., 0][:, P - 1:]
+    ratio = jnp.exp(logp - batch["old_logp"])
+    adv = batch["advantages"][:, None]
+    token = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - clip, 1 + clip) * adv)
+    mask = batch["response_mask"]
+    return jnp.sum(token * mask) / jnp.sum(mask)
+
+
+def tree_max_diff(a, b):
+    return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(jnp.max(jnp.abs(x - y))), a, b)))
+
+
+def test_sgd_update_equals_naive_gradient():
+    state, step, _ = setup()
+    params0 = jax.tree.map(np.array, state.params)
+    batch = make_batch()
+    grads = jax.grad(naive_loss)(params0, batch)
+    new_state, metrics = step(state, batch)
+    expected = jax.tree.map(lambda p, g: p - g, params0, grads)
+    assert tree_max_diff(new_state.params, expected) < 1e-5
+    np.testing.assert_allclose(metrics["loss"], naive_loss(params0, batch), rtol=1e-5)
+    np.testing.assert_allclose(metrics["grad_norm"], optax.tree.norm(grads), rtol=1e-4)
+    assert int(new_state.step) == 1
+
+
+def test_micro_batch_count_does_not_change_the_update():
+    batch = make_batch(1)
+    results = []
+    for micro in (1, 2, 4):
+        config = {"step": {"micro_batches": micro},
+                  "loss": {"aggregation": "seq_mean_token_mean", "clip_high": 0.28}}
+        state, step, _ = setup(config)  # SGD with lr 1: the update is the gradient itself
+        new_state, metrics = step(state, batch)
+        results.append((jax.tree.map(np.asarray, new_state.params), float(metrics["loss"])))
+    for params, loss in results[1:]:
+        assert tree_max_diff(params, results[0][0]) < 1e-6
+        np.testing.assert_allclose(loss, results[0][1], rtol=1e-5)
+
+
+def test_ppo_epochs_and_mini_batches_count_optimizer_updates():
+    config = {"step": {"mini_batches": 2, "epochs": 3, "micro_batches": 2}}
+    state, step, _ = setup(config, {"name": "adamw", "learning_rate": 1e-3})
+    new_state, metrics = step(state, make_batch(2))
+    counts = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(new_state.opt_state)
+              if "count" in jax.tree_util.keystr(path)]
+    assert counts and all(int(c) == 6 for c in counts)
+    assert int(new_state.step) == 1
+    assert float(metrics["ratio_max"]) >= float(metrics["ratio_min"])
+
+
+def test_training_raises_logprob_of_positively_rewarded_completions():
+    batch = make_batch(3, advantages=np.ones(N, np.float32))
+    config = {"step": {"mini_batches": 2, "epochs": 2}, "loss": {"clip_high": 0.5}}
+    state, step, (mesh, rules, _, shardings) = setup(
+        config, {"name": "adamw", "learning_rate": 3e-3})
+    scorer = ts.make_scorer(None, CONFIG, mesh, rules, shardings.params)
+
+    def response_logp(params):
+        scores = scorer(params, batch["tokens"], batch["attention_mask"])
+        return float(np.sum(np.asarray(scores.logprobs)[:, P:] * batch["response_mask"]))
+
+    before = response_logp(state.params)
+    batch["old_logp"] = np.asarray(scorer(state.params, batch["tokens"],
+                                          batch["attention_mask"]).logprobs)[:, P:]
+    for _ in range(4):
+        state, _ = step(state, batch)
+    after = response_logp(state.params)
+    assert after > before + 5.0, (before, after)
+
+
+def test_resume_from_checkpoint_is_bitwise_identical(tmp_path):
+    config = {"step": {"mini_batches": 2}}
+    optim_config = {"name": "adamw", "learning_rate": 1e-3}
+    batches = [make_batch(10 + i) for i in range(4)]
+
+    state, step, _ = setup(config, optim_config)
+    for batch in batches:
+        state, _ = step(state, batch)
+    uninterrupted = jax.tree.map(np.asarray, state)
+
+    state, step, (*_, shardings) = setup(config, optim_config)
+    with checkpoint.Checkpointer(str(tmp_path)) as ckpt:
+        for batch in batches[:2]:
+            state, _ = step(state, batch)
+        ckpt.save(2, state, {"data_position": 2}, force=True)
+    abstract = jax.eval_shape(lambda: state)
+    with checkpoint.Checkpointer(str(tmp_path)) as ckpt:
+        restored = ckpt.restore(abstract, shardings)
+    assert restored.step == 2 and restored.host_state["data_position"] == 2
+    state = restored.state
+    for batch in batches[2:]:
+        state, _ = step(state, batch)
+    resumed = jax.tree.map(np.asarray, state)
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(uninterrupted), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_config_errors_name_the_key_before_compiling():
+    mesh = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
+    rules = sharding.rules_from_config(None)
+    with pytest.raises(ValueError, match=r"optim.name='lion'"):
+        optim.make_optimizer({"name": "lion"})
+    with pytest.raises(ValueError, match=r"optim: unknown key\(s\) \['lr'\]"):
+        optim.make_optimizer({"lr": 1e-3})
+    tx = optim.make_optimizer(SGD)
+    bad = [
+        ({"loss": {"clip_hi": 0.3}}, r"loss\.clip_hi"),
+        ({"loss": {"aggregation": "token-mean"}}, r"loss.aggregation='token-mean'"),
+        ({"loss": {"kl_kind": "k4"}}, r"loss.kl_kind='k4'"),
+        ({"step": {"micro_batches": 0}}, r"step.micro_batches must be a positive integer"),
+    ]
+    for config, message in bad:
+        with pytest.raises(ValueError, match=message):
+            ts.make_train_step(config, CONFIG, tx, mesh, rules, None)
+
+
+def test_batch_errors_are_named():
+    state, step, _ = setup({"step": {"micro_batches": 3}})
+    with pytest.raises(ValueError, match=r"step\.micro_batches=3"):
+        step(state, make_batch())
+    state, step, _ = setup({"loss": {"kl_coef": 0.1}})
+    with pytest.raises(ValueError, match=r"needs batch\['ref_logp'\]"):
+        step(state, make_batch())
+    batch = make_batch()
+    del batch["old_logp"]
+    with pytest.raises(ValueError, match=r"missing \['old_logp'\]"):
+        step(state, batch)
+
+
+@pytest.mark.slow
+@pytest.mark.multidevice
+def test_eight_devices_match_one_device():
+    script = pathlib.Path(__file__).parent / "multidevice" / "train_step_parity.py"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    for mesh_name, diffs in result.items():
+        assert diffs["sharded"], mesh_name
+        assert diffs["param_change"] > 1e-3, mesh_name  # the step really moved the params
+        assert diffs["loss_diff"] < 1e-5, (mesh_name, diffs)
+        assert diffs["grad_norm_diff"] < 1e-5, (mesh_name, diffs)
+        assert diffs["param_diff"] < 1e-6, (mesh_name, diffs)
