@@ -139,7 +139,8 @@ def save_hf(
         shard = {}
         for name in names:
             produced, tensor = next(tensors)
-            assert produced == name, (produced, name)
+            if produced != name:
+                raise RuntimeError(f"shard plan expected tensor {name!r}, got {produced!r}")
             shard[name] = np.ascontiguousarray(tensor, dtype=config.param_dtype)
             total += shard[name].nbytes
         if writer:
