@@ -27,6 +27,10 @@ def _random_hf_model(family: str) -> transformers.PreTrainedModel:
         config = transformers.LlamaConfig(**TINY, rms_norm_eps=1e-5, tie_word_embeddings=True,
                                           rope_parameters={"rope_type": "default",
                                                            "rope_theta": 10000.0})
+    elif family == "qwen2":
+        config = transformers.Qwen2Config(**TINY, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                                          rope_parameters={"rope_type": "default",
+                                                           "rope_theta": 1e6})
     else:
         config = transformers.Qwen3Config(**TINY, head_dim=16, rms_norm_eps=1e-6,
                                           tie_word_embeddings=False,
@@ -59,6 +63,8 @@ _GGUF_NAMES = {
     "post_attention_layernorm.weight": "ffn_norm.weight",
     "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
     "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
+    "self_attn.q_proj.bias": "attn_q.bias", "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.bias": "attn_v.bias",
     "self_attn.q_norm.weight": "attn_q_norm.weight",
     "self_attn.k_norm.weight": "attn_k_norm.weight",
     "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
@@ -77,7 +83,8 @@ def _write_gguf(model, path, *, arch=None, drop=(), quantize=None, raw=None):
     writer.add_feed_forward_length(cfg.intermediate_size)
     writer.add_head_count(cfg.num_attention_heads)
     writer.add_head_count_kv(cfg.num_key_value_heads)
-    writer.add_key_length(cfg.head_dim)
+    writer.add_key_length(getattr(cfg, "head_dim", None)
+                          or cfg.hidden_size // cfg.num_attention_heads)
     writer.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
     writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     writer.add_vocab_size(cfg.vocab_size)
@@ -120,7 +127,7 @@ def _hf_logits(model, tokens):
 TOKENS = np.array([[3, 14, 15, 9, 26, 53, 58, 9, 79, 32]], np.int32)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen3"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
 def test_gguf_logits_match_transformers(family, tmp_path):
     model = _random_hf_model(family)
     path = _write_gguf(model, str(tmp_path / f"{family}.gguf"))
@@ -164,7 +171,7 @@ def test_gguf_errors_name_file_and_tensor(tmp_path):
         models.load(path)
 
     path = _write_gguf(model, str(tmp_path / "missing.gguf"), drop={"blk.1.ffn_up.weight"})
-    with pytest.raises(KeyError, match=r"missing\.gguf.*layers\.1\.mlp\.up_proj"):
+    with pytest.raises(KeyError, match=r"missing\.gguf: missing tensor 'blk\.1\.ffn_up\.weight'"):
         models.load(path)
 
     good = _write_gguf(model, str(tmp_path / "good.gguf"))

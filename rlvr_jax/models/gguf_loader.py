@@ -58,6 +58,16 @@ def hf_name(gguf_name: str) -> str | None:
     return None
 
 
+def gguf_name(hf_tensor_name: str) -> str:
+    """The GGUF tensor name of an HF tensor name (inverse of `hf_name`)."""
+    for gguf_global, hf_global in _GLOBAL_NAMES.items():
+        if hf_global == hf_tensor_name:
+            return gguf_global
+    _, _, layer, suffix = hf_tensor_name.split(".", 3)
+    inverse = {hf: gguf for gguf, hf in _LAYER_NAMES.items()}
+    return f"blk.{layer}.{inverse[suffix]}"
+
+
 def unpermute_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
     """Undo llama.cpp's q/k row permutation. weight [num_heads * d, in] -> same shape."""
     rows = weight.shape[0]
@@ -170,7 +180,7 @@ def load_gguf(
 
     def get(name: str, hf_shape: tuple[int, ...]) -> np.ndarray:
         if name not in by_hf_name:
-            raise KeyError(f"{path}: missing tensor for {name!r}")
+            raise KeyError(f"{path}: missing tensor {gguf_name(name)!r} (HF name {name!r})")
         array = file.dequantized(by_hf_name[name])
         if array.shape != hf_shape:
             raise ValueError(f"{path}: tensor {by_hf_name[name]!r} has shape {array.shape}, "
