@@ -79,15 +79,13 @@ def _as_step(step: Any) -> int:
 def _as_float(key: str, value: Any) -> float:
     """A plain Python float from a Python/NumPy/JAX real scalar (bool counts as 0/1)."""
     array = np.asarray(value)
-    if array.size != 1 or not (
-        np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.bool_)
-    ):
+    # Kinds: b bool, i/u integers, f floats; ml_dtypes floats such as bfloat16 report "V".
+    is_real = array.dtype.kind in "biuf" or (array.dtype.kind == "V" and array.dtype.names is None)
+    if array.size != 1 or not is_real:
         raise TypeError(
             f"scalar {key!r} must be a real number or a one-element array, "
             f"got {type(value).__name__} with shape {array.shape} and dtype {array.dtype}"
         )
-    if np.iscomplexobj(array):
-        raise TypeError(f"scalar {key!r} is complex ({value!r}); log its real part explicitly")
     return float(array.reshape(()))
 
 
@@ -359,10 +357,19 @@ def _markdown_verbatim(text: str) -> str:
 def _open_tensorboard(logdir: str, resume_step: int | None) -> Any:
     from tensorboardX import SummaryWriter
 
-    has_events = os.path.isdir(logdir) and any("tfevents" in name for name in os.listdir(logdir))
+    previous = (
+        [name for name in os.listdir(logdir) if "tfevents" in name] if os.path.isdir(logdir) else []
+    )
     # purge_step makes TensorBoard discard older events with step >= purge_step.
-    purge_step = resume_step + 1 if resume_step is not None else (0 if has_events else None)
-    return SummaryWriter(logdir=logdir, purge_step=purge_step, flush_secs=30)
+    purge_step = resume_step + 1 if resume_step is not None else (0 if previous else None)
+    # Event file names carry the creation second; the suffix keeps a restart within the same
+    # second from overwriting the previous file.
+    return SummaryWriter(
+        logdir=logdir,
+        purge_step=purge_step,
+        flush_secs=30,
+        filename_suffix=f".{len(previous)}",
+    )
 
 
 def _import_wandb() -> Any:
