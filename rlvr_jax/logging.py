@@ -10,6 +10,8 @@ Files a run writes under its workdir (main process only):
 - ``samples.jsonl``: one JSON object per :meth:`RunLogger.texts` call,
   ``{"step": int, "time": unix_seconds, "<key>": str, ...}``.
 - ``tensorboard/``: TensorBoard event files (scalars and text) written by ``tensorboardX``.
+  TensorBoard tags allow only ``[-/\\w.]``, so other characters become ``_`` there
+  (``eval/pass@1`` is shown as ``eval/pass_1``); the JSONL keys are kept as given.
 
 Interruption safety: every line is flushed as soon as it is written, so a crash loses at most
 the line being written; such a partial last line is dropped when the files are next opened.
