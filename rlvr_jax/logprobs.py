@@ -7,14 +7,16 @@ reports as ``policy_logprob``). For a target token ``y_t`` this module returns
     log π_t(y_t) = z_t[y_t] - logsumexp(z_t),        H_t = logsumexp(z_t) - Σ_v π_t[v] z_t[v],
 
 the entropy of the whole next-token distribution (not the sampled-token NLL). The logits are
-computed ``chunk_size`` positions at a time inside ``lax.map``, and each chunk is wrapped in
-``jax.checkpoint``, so neither the forward nor the backward pass ever holds more than one
-``[B, chunk_size, V]`` block of logits: the backward recomputes a chunk's logits from its
-hidden states, and the gradient of ``W`` is accumulated across chunks by the scan.
+computed ``chunk_size`` positions at a time inside ``lax.map``, and a custom VJP does the same
+in the backward pass: it recomputes one chunk's logits from its hidden states, forms the
+logit gradient in closed form, and accumulates the gradient of ``W`` over chunks in a
+``lax.scan``. Neither pass holds more than one ``[B, chunk_size, V]`` block of logits (plus
+its gradient); the forward saves only ``[B, T]`` statistics.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -25,19 +27,73 @@ from rlvr_jax import models
 DEFAULT_CHUNK_SIZE = 256
 
 
-def _chunk_logprobs_and_entropy(
-    hidden: jax.Array,  # [B, C, D]
-    unembedding: jax.Array,  # [D, V]
-    targets: jax.Array,  # [B, C]
-    temperature: float,
-) -> tuple[jax.Array, jax.Array]:
+def _chunk_logits(hidden: jax.Array, unembedding: jax.Array, temperature: float) -> jax.Array:
     logits = jnp.einsum("bcd,dv->bcv", hidden, unembedding, preferred_element_type=jnp.float32)
-    logits = logits / temperature if temperature != 1.0 else logits  # [B, C, V]
-    log_normaliser = jax.nn.logsumexp(logits, axis=-1)  # [B, C]
-    target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    probs = jnp.exp(logits - log_normaliser[..., None])  # [B, C, V]
-    entropy = log_normaliser - jnp.sum(probs * logits, axis=-1)  # [B, C]
-    return target_logits - log_normaliser, entropy
+    return logits / temperature if temperature != 1.0 else logits  # [B, C, V]
+
+
+def _forward_chunks(hidden, unembedding, targets, temperature):
+    """Per chunk: log-probs, entropies and log-normalisers, each ``[N, B, C]``."""
+
+    def one_chunk(chunk):
+        hidden_chunk, target_chunk = chunk  # [B, C, D], [B, C]
+        logits = _chunk_logits(hidden_chunk, unembedding, temperature)  # [B, C, V]
+        log_normaliser = jax.nn.logsumexp(logits, axis=-1)  # [B, C]
+        target_logits = jnp.take_along_axis(logits, target_chunk[..., None], axis=-1)[..., 0]
+        probs = jnp.exp(logits - log_normaliser[..., None])
+        entropy = log_normaliser - jnp.sum(probs * logits, axis=-1)
+        return target_logits - log_normaliser, entropy, log_normaliser
+
+    return jax.lax.map(one_chunk, (hidden, targets))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _chunked(hidden, unembedding, targets, temperature):
+    """hidden ``[N, B, C, D]``, targets ``[N, B, C]`` -> (log-probs, entropies) ``[N, B, C]``."""
+    logprobs, entropy, _ = _forward_chunks(hidden, unembedding, targets, temperature)
+    return logprobs, entropy
+
+
+def _chunked_forward(hidden, unembedding, targets, temperature):
+    logprobs, entropy, log_normaliser = _forward_chunks(hidden, unembedding, targets, temperature)
+    return (logprobs, entropy), (hidden, unembedding, targets, entropy, log_normaliser)
+
+
+def _chunked_backward(temperature, residuals, cotangents):
+    """Recomputes each chunk's logits ``z`` and back-propagates through them.
+
+    With ``π = softmax(z)``, ``∂ log π(y) / ∂z = onehot(y) - π`` and
+    ``∂H / ∂z = -π ⊙ (z - logsumexp(z) + H)``, so one ``[B, C, V]`` block is live per chunk.
+    """
+    hidden, unembedding, targets, entropy, log_normaliser = residuals
+    logprob_grad, entropy_grad = cotangents  # [N, B, C] each
+
+    def one_chunk(unembedding_grad, chunk):
+        hidden_chunk, target_chunk, h, lse, g_logprob, g_entropy = chunk
+        logits = _chunk_logits(hidden_chunk, unembedding, temperature)  # [B, C, V]
+        probs = jnp.exp(logits - lse[..., None])
+        is_target = jnp.arange(logits.shape[-1]) == target_chunk[..., None]  # [B, C, V]
+        logits_grad = jnp.where(is_target, g_logprob[..., None], 0.0) - probs * (
+            g_logprob[..., None] + g_entropy[..., None] * (logits - lse[..., None] + h[..., None])
+        )
+        logits_grad = logits_grad / temperature  # [B, C, V] float32
+        hidden_grad = jnp.einsum(
+            "bcv,dv->bcd", logits_grad.astype(unembedding.dtype), unembedding,
+            preferred_element_type=jnp.float32,
+        ).astype(hidden.dtype)  # fmt: skip
+        unembedding_grad += jnp.einsum(
+            "bcd,bcv->dv", hidden_chunk, logits_grad.astype(hidden.dtype),
+            preferred_element_type=jnp.float32,
+        )  # fmt: skip
+        return unembedding_grad, hidden_grad
+
+    chunks = (hidden, targets, entropy, log_normaliser, logprob_grad, entropy_grad)
+    zeros = jnp.zeros(unembedding.shape, jnp.float32)
+    unembedding_grad, hidden_grad = jax.lax.scan(one_chunk, zeros, chunks)
+    return hidden_grad, unembedding_grad.astype(unembedding.dtype), None
+
+
+_chunked.defvjp(_chunked_forward, _chunked_backward)
 
 
 def chunked_logprobs_and_entropy(
@@ -73,10 +129,7 @@ def chunked_logprobs_and_entropy(
     hidden = hidden.reshape(B, num_chunks, chunk_size, D).swapaxes(0, 1)  # [N, B, C, D]
     targets = targets.reshape(B, num_chunks, chunk_size).swapaxes(0, 1)  # [N, B, C]
 
-    chunk_fn = jax.checkpoint(_chunk_logprobs_and_entropy, static_argnums=(3,))
-    logprobs, entropy = jax.lax.map(
-        lambda xs: chunk_fn(xs[0], unembedding, xs[1], temperature), (hidden, targets)
-    )  # [N, B, C] each
+    logprobs, entropy = _chunked(hidden, unembedding, targets, float(temperature))  # [N, B, C]
     unchunk = lambda x: x.swapaxes(0, 1).reshape(B, num_chunks * chunk_size)[:, :T]  # noqa: E731
     return unchunk(logprobs), unchunk(entropy)
 

@@ -21,8 +21,8 @@ def numpy_logprobs_and_entropy(hidden, unembedding, targets, temperature=1.0):
     return chosen, entropy
 
 
-def naive_jax(hidden, unembedding, targets):
-    log_probs = jax.nn.log_softmax(hidden @ unembedding, axis=-1)  # [B, T, V]
+def naive_jax(hidden, unembedding, targets, temperature=1.0):
+    log_probs = jax.nn.log_softmax(hidden @ unembedding / temperature, axis=-1)  # [B, T, V]
     chosen = jnp.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
     return chosen, -jnp.sum(jnp.exp(log_probs) * log_probs, -1)
 
@@ -66,8 +66,8 @@ def test_uniform_logits_have_entropy_log_v():
     np.testing.assert_allclose(logprobs, np.full((1, 3), -np.log(V)), rtol=1e-6)
 
 
-@pytest.mark.parametrize("chunk_size", [4, 5])
-def test_chunked_gradients_match_naive(chunk_size):
+@pytest.mark.parametrize("chunk_size, temperature", [(4, 1.0), (5, 0.7)])
+def test_chunked_gradients_match_naive(chunk_size, temperature):
     hidden, unembedding, targets = random_inputs(2)
     weights = jax.random.normal(jax.random.key(3), (2, B, T))  # arbitrary cotangents
 
@@ -79,9 +79,11 @@ def test_chunked_gradients_match_naive(chunk_size):
         return jax.grad(f, argnums=(0, 1))(hidden, unembedding)
 
     chunked = objective(
-        lambda h, w: chunked_logprobs_and_entropy(h, w, targets, chunk_size=chunk_size)
+        lambda h, w: chunked_logprobs_and_entropy(
+            h, w, targets, chunk_size=chunk_size, temperature=temperature
+        )
     )
-    naive = objective(lambda h, w: naive_jax(h, w, targets))
+    naive = objective(lambda h, w: naive_jax(h, w, targets, temperature))
     for got, want in zip(chunked, naive, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
