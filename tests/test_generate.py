@@ -1,5 +1,9 @@
 """`generate` on the models' KV cache: replay through the scoring path, EOS handling, keys."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -232,3 +236,47 @@ def test_greedy_equals_transformers_greedy_on_smollm2(tmp_path):
             np.asarray(ours.tokens[row, 0, :length]), theirs[row, :length]
         )
         assert length == new_tokens or theirs[row, length - 1] in config.eos_token_ids
+
+
+EIGHT_DEVICE_SCRIPT = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from rlvr_jax import models, sampling
+
+config = models.ModelConfig(family="llama", vocab_size=67, hidden_size=32, num_layers=2,
+                            num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=48)
+params = jax.jit(models.init_params, static_argnums=0)(config, jax.random.key(0))
+tokens = jax.random.randint(jax.random.key(1), (8, 6), 1, 67)
+mask = jnp.arange(6)[None, :] >= jnp.arange(8)[:, None] % 5
+kwargs = dict(max_new_tokens=7, num_samples=2, eos_ids=(3,), strategy=sampling.top_k(20))
+single = sampling.generate(config, params, tokens, mask, jax.random.key(2), **kwargs)
+
+mesh = Mesh(np.array(jax.devices()), ("data",))
+rows = NamedSharding(mesh, PartitionSpec("data"))
+replicated = NamedSharding(mesh, PartitionSpec())
+sharded = sampling.generate(
+    config, jax.device_put(params, replicated), jax.device_put(tokens, rows),
+    jax.device_put(mask, rows), jax.random.key(2), **kwargs)
+assert len(jax.devices()) == 8
+assert len(sharded.tokens.sharding.device_set) == 8
+assert not sharded.tokens.sharding.is_fully_replicated, sharded.tokens.sharding
+np.testing.assert_array_equal(sharded.tokens, single.tokens)
+np.testing.assert_array_equal(sharded.mask, single.mask)
+np.testing.assert_allclose(sharded.policy_logprobs, single.policy_logprobs, atol=1e-5)
+print("ok")
+"""
+
+
+@pytest.mark.multidevice
+@pytest.mark.slow
+def test_generate_with_the_batch_sharded_over_eight_devices():
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "JAX_PLATFORMS": "cpu",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", EIGHT_DEVICE_SCRIPT],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-4000:]
