@@ -377,8 +377,9 @@ def generate(
     (default ``config.eos_token_ids``) or ``max_new_tokens`` tokens, whichever comes first.
 
     Shapes are bucketed: the prompt is left-padded further to a multiple of ``prompt_bucket``
-    and the decode buffers hold a multiple of ``length_bucket`` steps (``max_new_tokens`` is
-    a traced loop bound), so the function compiles once per (B, G, bucket) shape. Random
+    and the decode buffers hold a multiple of ``length_bucket`` steps (``max_new_tokens`` and
+    the EOS ids, padded to a multiple of 8, are traced), so it compiles once per model config,
+    strategy, batch size, G, prompt bucket and generation bucket. Random
     numbers for prompt ``b``, sample ``g`` and step ``t`` come from
     ``fold_in(sample_keys(key, prompt_ids, G)[b, g], t)``; ``prompt_ids`` default to
     ``arange(B)``. The parameters are the training parameters; pass sharded arrays to run on a
