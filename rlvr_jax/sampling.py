@@ -1,4 +1,4 @@
-"""Sampling strategies and the pure maths of drawing one token from logits.
+"""Sampling: strategies, the pure maths of drawing one token, and KV-cache generation.
 
 A strategy transforms the policy's next-token distribution ``p = softmax(z)`` (temperature 1,
 untruncated) into the distribution the sampler actually draws from:
@@ -15,6 +15,9 @@ of Hugging Face's logits warpers). Each rule keeps a prefix of the tokens sorted
 probability, and it is applied as a logit threshold, so tokens tied with the last kept token
 are kept too. ``truncated_mass = Σ_{i ∉ K} softmax(z / T)_i`` is the mass the truncation cut
 (zero for greedy, whose limiting distribution has all its mass on the argmax).
+
+``generate`` runs the models' prefill + decode protocol (``rlvr_jax.models.model``) in one
+compiled ``lax.while_loop`` and applies ``sample_from_logits`` row by row.
 """
 
 from __future__ import annotations
