@@ -177,7 +177,14 @@ def submit(script: str, script_path: str, log_dir: str, dry_run: bool) -> str | 
     os.makedirs(log_dir, exist_ok=True)
     with open(script_path, "w") as f:
         f.write(script)
-    result = subprocess.run(sbatch, check=True, capture_output=True, text=True)
+    try:
+        result = subprocess.run(sbatch, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise LaunchError(f"sbatch is not on PATH; the script is in {script_path}.") from None
+    if result.returncode != 0:
+        raise LaunchError(
+            f"sbatch {script_path} failed (exit {result.returncode}): {result.stderr.strip()}"
+        )
     print(result.stdout.strip(), flush=True)
     return result.stdout.strip()
 
@@ -245,7 +252,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
     script_path = os.path.join(args.script_dir, f"{job.job_name}.sbatch")
-    submit(render_script(job, command), script_path, job.log_dir, args.dry_run)
+    try:
+        submit(render_script(job, command), script_path, job.log_dir, args.dry_run)
+    except LaunchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -401,11 +401,18 @@ def _launch_slurm(sweep_name: str, runs: Sequence[Run], launcher_args: list[str]
         jobs = [(run, slurm.job_from_args(args, f"{sweep_name}-{run.name}")) for run in runs]
     except ValueError as error:
         parser.error(str(error))
+    failed = 0
     for run, job in jobs:
         script_path = os.path.join(args.script_dir, sweep_name, f"{run.name}.sbatch")
-        slurm.submit(slurm.render_script(job, run.command), script_path, job.log_dir,
-                     args.dry_run)
-    return 0
+        try:
+            slurm.submit(slurm.render_script(job, run.command), script_path, job.log_dir,
+                         args.dry_run)
+        except slurm.LaunchError as error:
+            print(f"error: {error}", file=sys.stderr)
+            failed += 1
+    if failed:
+        print(f"{failed} of {len(jobs)} submissions failed.", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _launch_tpu(sweep_name: str, runs: Sequence[Run], launcher_args: list[str]) -> int:
@@ -423,7 +430,11 @@ def _launch_tpu(sweep_name: str, runs: Sequence[Run], launcher_args: list[str]) 
         )
     except ValueError as error:
         parser.error(str(error))
-    tpu_pod.execute(commands, args.dry_run)
+    try:
+        tpu_pod.execute(commands, args.dry_run)
+    except tpu_pod.CommandError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.returncode
     print(f"# logs: python -m launch.tpu_pod logs --name={args.name} --job_name={sweep_name}")
     return 0
 

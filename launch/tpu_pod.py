@@ -313,12 +313,31 @@ def stop_command(tpu: Slice, job_name: str) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
+class CommandError(RuntimeError):
+    """A gcloud command could not be started or exited with an error."""
+
+    def __init__(self, argv: Sequence[str], message: str, returncode: int):
+        super().__init__(f"{message}: {shlex.join(argv)}")
+        self.returncode = returncode
+
+
+def run_checked(argv: Sequence[str], **kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run`` that raises CommandError with the command line on any failure."""
+    try:
+        result = subprocess.run(list(argv), **kwargs)
+    except FileNotFoundError:
+        raise CommandError(argv, f"{argv[0]} is not installed or not on PATH", 127) from None
+    if result.returncode != 0:
+        raise CommandError(argv, f"exit status {result.returncode}", result.returncode)
+    return result
+
+
 def execute(commands: Sequence[Sequence[str]], dry_run: bool) -> None:
     """Prints each command (shell-quoted); unless ``dry_run``, runs it and stops on failure."""
     for argv in commands:
         print(shlex.join(argv), flush=True)
         if not dry_run:
-            subprocess.run(list(argv), check=True)
+            run_checked(argv)
 
 
 def ensure_slice(tpu: Slice, create_argv: list[str], dry_run: bool) -> None:
@@ -329,7 +348,10 @@ def ensure_slice(tpu: Slice, create_argv: list[str], dry_run: bool) -> None:
         print(shlex.join(describe))
         print(shlex.join(create_argv))
         return
-    found = subprocess.run(describe, capture_output=True, text=True)
+    try:
+        found = subprocess.run(describe, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise CommandError(describe, "gcloud is not installed or not on PATH", 127) from None
     if found.returncode == 0:
         print(f"Reusing TPU {tpu.name} (state {found.stdout.strip() or 'unknown'}).", flush=True)
         return
@@ -422,23 +444,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             setup = setup_commands(tpu, args.repo, args.ref, args.remote_dir)
     except ValueError as error:
         parser.error(str(error))
-    if args.command in ("create", "up"):
-        ensure_slice(tpu, create, args.dry_run)
-    if args.command in ("setup", "up"):
-        execute(setup, args.dry_run)
-    if args.command in ("run", "up"):
-        execute(runs, args.dry_run)
     try:
         if args.command == "status":
-            execute(status_commands(tpu, args.job_name), args.dry_run)
+            commands = status_commands(tpu, args.job_name)
         elif args.command == "logs":
-            execute([logs_command(tpu, args.job_name, args.worker, args.lines)], args.dry_run)
+            commands = [logs_command(tpu, args.job_name, args.worker, args.lines)]
         elif args.command == "stop":
-            execute([stop_command(tpu, args.job_name)], args.dry_run)
+            commands = [stop_command(tpu, args.job_name)]
         elif args.command == "delete":
-            execute([delete_command(tpu)], args.dry_run)
+            commands = [delete_command(tpu)]
     except LaunchError as error:
         parser.error(str(error))
+    try:
+        if args.command in ("create", "up"):
+            ensure_slice(tpu, create, args.dry_run)
+        if args.command in ("setup", "up"):
+            execute(setup, args.dry_run)
+        if args.command in ("run", "up"):
+            execute(runs, args.dry_run)
+        if args.command in ("status", "logs", "stop", "delete"):
+            execute(commands, args.dry_run)
+    except CommandError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.returncode
     return 0
 
 

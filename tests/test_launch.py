@@ -677,3 +677,21 @@ def test_slurm_submit_writes_the_script_and_calls_sbatch(tmp_path, monkeypatch, 
     assert "Submitted batch job 77 (scripts/j.sbatch)" in capsys.readouterr().out
     assert (tmp_path / "scripts" / "j.sbatch").read_text().startswith("#!/bin/bash")
     assert (tmp_path / "slurm_logs").is_dir()
+
+
+def test_missing_or_failing_cluster_tools_give_a_clear_error(tmp_path, monkeypatch, capsys):
+    empty_bin = tmp_path / "empty"
+    empty_bin.mkdir()
+    monkeypatch.setenv("PATH", str(empty_bin))  # neither gcloud nor sbatch can be found
+    monkeypatch.chdir(tmp_path)
+    assert tpu_pod.main(["delete", "--name=t"]) == 127
+    assert "gcloud is not installed or not on PATH" in capsys.readouterr().err
+    assert tpu_pod.main(["create", "--name=t", "--accelerator_type=v4-8"]) == 127
+    assert "gcloud is not installed" in capsys.readouterr().err
+    assert slurm.main(["--config=c/r.py", "--workdir=w"]) == 1
+    assert "sbatch is not on PATH; the script is in slurm_scripts/rlvr_jax.sbatch" in (
+        capsys.readouterr().err
+    )
+    write_executable(empty_bin / "sbatch", "#!/bin/sh\necho 'invalid partition' >&2\nexit 1\n")
+    assert slurm.main(["--config=c/r.py", "--workdir=w"]) == 1
+    assert "failed (exit 1): invalid partition" in capsys.readouterr().err
