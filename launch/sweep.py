@@ -420,6 +420,7 @@ def _launch_tpu(sweep_name: str, runs: Sequence[Run], launcher_args: list[str]) 
 
     parser = argparse.ArgumentParser(prog="launch.sweep --tpu --")
     tpu_pod.add_slice_arguments(parser)
+    tpu_pod.add_remote_dir_argument(parser)
     tpu_pod.add_run_arguments(parser, training=False)
     args = parser.parse_args(launcher_args)
     try:

@@ -201,13 +201,18 @@ def setup_commands(
             f"--repo={repo!r} is neither an existing local directory nor a git URL "
             "(https://, ssh://, git@ or file://)."
         )
-    checkout = f" && git -C {remote_dir} checkout {shlex.quote(ref)}" if ref else ""
-    fetch = (
-        f"if [ -d {remote_dir}/.git ]; then git -C {remote_dir} fetch --all --tags; "
-        f"else rm -rf {remote_dir} && git clone {shlex.quote(repo)} {remote_dir}; fi"
+    clone = (
+        f"if [ ! -d {remote_dir}/.git ]; then rm -rf {remote_dir} && "
+        f"git clone {shlex.quote(repo)} {remote_dir}; fi"
     )
-    pull = "" if ref else f" && git -C {remote_dir} pull --ff-only"
-    return [ssh_command(tpu, f"{fetch}{checkout}{pull} && {install}")]
+    if ref:  # a branch, tag or commit: whatever the remote has under that name now
+        update = (
+            f"git -C {remote_dir} fetch origin {shlex.quote(ref)} && "
+            f"git -C {remote_dir} checkout --detach FETCH_HEAD"
+        )
+    else:
+        update = f"git -C {remote_dir} pull --ff-only"
+    return [ssh_command(tpu, f"{clone} && {update} && {install}")]
 
 
 def check_gcs_workdir(workdir: str) -> str:
@@ -370,9 +375,12 @@ def add_slice_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry_run", action="store_true", help="Print the gcloud commands only.")
 
 
+def add_remote_dir_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--remote_dir", default="rlvr_jax", help="Checkout dir under ~.")
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, training: bool = True) -> None:
     """Arguments of ``run`` (``training=False``: only those a sweep's TPU mode accepts)."""
-    parser.add_argument("--remote_dir", default="rlvr_jax", help="Checkout dir under ~.")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="Environment variable for the training process (repeatable).")
     if not training:
@@ -405,9 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     for name, extra in [
         ("create", [add_create_arguments]),
-        ("setup", [add_setup_arguments, lambda p: add_run_arguments(p, training=False)]),
-        ("run", [add_run_arguments]),
-        ("up", [add_create_arguments, add_setup_arguments, add_run_arguments]),
+        ("setup", [add_setup_arguments, add_remote_dir_argument]),
+        ("run", [add_remote_dir_argument, add_run_arguments]),
+        ("up", [add_create_arguments, add_setup_arguments, add_remote_dir_argument,
+                add_run_arguments]),
         ("status", []), ("logs", []), ("stop", []), ("delete", []),
     ]:
         sub = commands.add_parser(name)

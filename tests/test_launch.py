@@ -368,7 +368,8 @@ def test_tpu_setup_from_git_and_from_a_local_checkout(capsys, tmp_path):
     assert argv[6] == "--worker=all"
     script = argv[7].removeprefix("--command=")
     assert "git clone https://example.com/r.git rlvr_jax" in script
-    assert "git -C rlvr_jax checkout v1.0" in script
+    assert "git -C rlvr_jax fetch origin v1.0 && git -C rlvr_jax checkout --detach FETCH_HEAD" \
+        in script
     assert script.endswith("python3 -m pip install -e '.[tpu]'")
 
     checkout = tmp_path / "my checkout"
@@ -378,6 +379,47 @@ def test_tpu_setup_from_git_and_from_a_local_checkout(capsys, tmp_path):
     assert argvs[1] == ["gcloud", "compute", "tpus", "tpu-vm", "scp", "--recurse",
                         str(checkout), "t:rlvr_jax_upload/", "--worker=all"]
     assert "mv rlvr_jax_upload/'my checkout' rlvr_jax" in argvs[2][-1]
+
+
+def _git(*args, cwd):
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def test_tpu_setup_script_clones_checks_out_and_installs(tmp_path):
+    """Runs the setup script in a fake home against a local git repo; pip is a stand-in."""
+    source = tmp_path / "source"
+    source.mkdir()
+    _git("init", "-q", "-b", "main", cwd=source)
+    commits = []
+    for version in ("one", "two"):
+        (source / "VERSION").write_text(version)
+        _git("add", "VERSION", cwd=source)
+        _git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", version,
+             cwd=source)
+        _git("tag", f"v-{version}", cwd=source)
+        commits.append(_git("rev-parse", "HEAD", cwd=source))
+    home = tmp_path / "home"
+    home.mkdir()
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    pip_log = tmp_path / "pip.log"
+    write_executable(fake_bin / "python3", f'#!/bin/sh\necho "$PWD $*" >> {pip_log}\n')
+    env = {**os.environ, "HOME": str(home), "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}"}
+    tpu = tpu_pod.Slice("t")
+
+    def setup(ref):
+        (argv,) = tpu_pod.setup_commands(tpu, f"file://{source}", ref)
+        subprocess.run(["bash", "-c", _remote_script([argv])], cwd=home, env=env, check=True,
+                       capture_output=True, timeout=60)
+        return _git("rev-parse", "HEAD", cwd=home / "rlvr_jax")
+
+    assert setup("v-one") == commits[0]  # fresh clone, then the tag
+    assert setup(commits[1]) == commits[1]  # existing clone, a commit id
+    assert setup("v-one") == commits[0]
+    installs = pip_log.read_text().splitlines()
+    assert installs[-1] == f"{home}/rlvr_jax -m pip install -e .[tpu]"
+    assert len(installs) == 6  # 'pip install -U pip' and the project, three times
 
 
 @pytest.mark.parametrize(
