@@ -143,7 +143,7 @@ def test_decode_inside_while_loop_matches_python_loop():
 
 
 def test_hidden_states_and_unembedding_compose_to_logits():
-    for config in CONFIGS.values():
+    for config in (CONFIGS["llama"], CONFIGS["qwen3"]):  # tied and untied embeddings
         params = _random_params(config)
         tokens = jnp.arange(10, dtype=jnp.int32).reshape(2, 5)
         hidden, cache = jax.jit(models.hidden_states, static_argnums=0)(config, params, tokens)
