@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -188,3 +189,31 @@ def test_unknown_names_and_presets_without_weights(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"x")
     with pytest.raises(ValueError, match=r"not an HF checkpoint directory or a \.gguf file"):
         models.load(str(tmp_path / "weights.bin"))
+
+
+@pytest.mark.parametrize("name", sorted(models.PRESETS))
+def test_preset_configs_survive_transformers(name):
+    """Each preset, as config.json, is read by transformers with the same architecture."""
+    preset = models.PRESETS[name]
+    hf_dict = models.config_to_hf(preset)
+    assert models.config_from_hf(hf_dict) == preset
+    hf = transformers.AutoConfig.for_model(**hf_dict)
+    assert (hf.hidden_size, hf.num_hidden_layers, hf.num_key_value_heads, hf.head_dim,
+            hf.intermediate_size, hf.vocab_size, hf.tie_word_embeddings) == (
+        preset.hidden_size, preset.num_layers, preset.num_kv_heads, preset.head_dim,
+        preset.mlp_dim, preset.vocab_size, preset.tie_word_embeddings)
+    assert hf.rope_parameters["rope_theta"] == preset.rope_theta
+    assert hf.rope_parameters["rope_type"] == preset.rope_type
+
+
+def test_unsupported_config_options_are_rejected():
+    base = models.config_to_hf(models.PRESETS["qwen2.5-0.5b"])
+    for change, message in [
+        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}},
+         "unsupported rope_type 'yarn'"),
+        ({"use_sliding_window": True}, "use_sliding_window"),
+        ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
+        ({"model_type": "llama", "attention_bias": True}, "attention_bias=True"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            models.config_from_hf({**base, **change})
