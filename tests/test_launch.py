@@ -20,11 +20,18 @@ from pathlib import Path
 
 import pytest
 
-from launch import slurm, sweep, tpu_pod
-from launch.train_command import TrainCommand, format_override_value, parse_cli_override
 from rlvr_jax.sharding import is_multiprocess_environment
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # launch/ is a folder of scripts, not an installed package
+    sys.path.insert(0, str(REPO))
+
+from launch import slurm, sweep, tpu_pod  # noqa: E402
+from launch.train_command import (  # noqa: E402
+    TrainCommand,
+    format_override_value,
+    parse_cli_override,
+)
 
 RECORDER = """\
 import json, os, sys
