@@ -110,6 +110,28 @@ def test_train_command_formats_values_the_way_config_flags_reads_them():
     assert float("1e-06") == 1e-6 and format_override_value("x", 0.1) == "0.1"
 
 
+def test_generated_argv_is_parsed_back_by_ml_collections_config_flags(recipe):
+    """The format is checked by the parser the trainer uses, not by our own reading of it."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    command = TrainCommand(f"{recipe}:progrpo", "gs://b/w", {
+        "seed": 3, "optim.learning_rate": 1e-06, "rollout.dynamic": True,
+        "advantage.options.alpha": 2, "advantage.estimator": "a b=c",
+    })
+    argv = command.argv(("prog",))
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=argv)
+    flags.DEFINE_string("workdir", None, "run directory", flag_values=flag_values)
+    flag_values(argv)
+    config = flag_values.config
+    assert (config.seed, config.optim.learning_rate, config.rollout.dynamic) == (3, 1e-6, True)
+    assert config.advantage.options.alpha == 2.0
+    assert isinstance(config.advantage.options.alpha, float)
+    assert config.advantage.estimator == "a b=c"
+    assert flag_values.workdir == "gs://b/w"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
