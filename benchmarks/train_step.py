@@ -23,8 +23,10 @@ analytic figure**; both are reported. Rematerialisation adds recomputed FLOPs th
 figure does not count (MFU, not hardware utilisation).
 
 Peak FLOP/s: ``--peak-tflops`` if given; otherwise for a GPU the dense bf16 peak of its kind
-from ``GPU_BF16_PEAK_TFLOPS``; otherwise (CPU) a measured float32 matmul rate on this machine
-(``--peak-matmul-size`` square matrices, best of several runs).
+from ``GPU_BF16_PEAK_TFLOPS``; otherwise (CPU) a float32 matmul rate measured on this machine
+(``--peak-matmul-size`` square matrices, best of 5) just before and just after the timed
+steps, the larger of the two. On a shared machine the load changes between the matmul and
+the steps; the process CPU time per wall second of the timed steps is reported to show it.
 
     python benchmarks/train_step.py                              # SmolLM2-135M, 8 × (128+128)
     python benchmarks/train_step.py --batch 2 --prompt-len 32 --response-len 32 --repeats 2
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import statistics
 import time
@@ -162,16 +165,15 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def peak(args: argparse.Namespace, device: jax.Device) -> tuple[float, str]:
+def table_peak(args: argparse.Namespace, device: jax.Device) -> tuple[float, str] | None:
+    """The peak from ``--peak-tflops`` or the GPU table, with its source; None to measure."""
     if args.peak_tflops is not None:
         return args.peak_tflops, "--peak-tflops"
     if device.platform == "gpu":
         table = gpu_peak_tflops(device.device_kind)
         if table is not None:
             return table, f"bf16 dense data-sheet peak of {device.device_kind}"
-    tflops = measured_matmul_tflops(args.peak_matmul_size)
-    return tflops, (f"measured float32 {args.peak_matmul_size}^2 matmul on "
-                    f"{device.platform} (best of 5)")
+    return None
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -201,16 +203,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for _ in range(args.warmup):
         state, step_metrics = step(state, batch)
     jax.block_until_ready(state)
+
+    device = jax.devices()[0]
+    fixed_peak = table_peak(args, device)
+    measured_peaks = [] if fixed_peak else [measured_matmul_tflops(args.peak_matmul_size)]
     times = []
+    cpu_start = time.process_time()
     for _ in range(args.repeats):
         start = time.perf_counter()
         state, step_metrics = step(state, batch)
         jax.block_until_ready((state, step_metrics))
         times.append(time.perf_counter() - start)
+    cores_busy = (time.process_time() - cpu_start) / sum(times)
     step_s = statistics.median(times)
-
-    device = jax.devices()[0]
-    peak_tflops, peak_source = peak(args, device)
+    if fixed_peak:
+        peak_tflops, peak_source = fixed_peak
+    else:
+        measured_peaks.append(measured_matmul_tflops(args.peak_matmul_size))
+        peak_tflops = max(measured_peaks)
+        peak_source = (f"measured float32 {args.peak_matmul_size}^2 matmul on {device.platform}, "
+                       "best of 5 just before and just after the timed steps, larger of the two")
     length = args.prompt_len + args.response_len
     tokens = args.batch * length
     flops = analytic_flops(config, args.batch, length)
@@ -240,6 +252,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "achieved_tflops": achieved,
         "peak_tflops": peak_tflops,
         "peak_source": peak_source,
+        "peak_tflops_measured": measured_peaks,
+        "process_cpu_s_per_wall_s": cores_busy,
         "mfu": achieved / peak_tflops,
         "mfu_uses": "model_flops_analytic.total",
         "final_loss": float(step_metrics["loss"]),
@@ -262,6 +276,8 @@ def print_table(result: dict[str, Any]) -> None:
         ("first step (after compile)", f"{result['first_step_s']:.2f} s"),
         ("step time (median)", f"{result['step_s_median']:.3f} s over "
                                f"{len(result['step_s_all'])} steps"),
+        ("process CPU s / wall s", f"{result['process_cpu_s_per_wall_s']:.2f} during the "
+                                   f"timed steps (of {os.cpu_count()} cores)"),
         ("tokens/s", f"{result['tokens_per_s']:,.0f}"),
         ("model FLOPs/step (analytic)", f"{f['total']:.3e} (matmul {f['matmul']:.3e}, "
                                         f"attention {f['attention']:.3e})"),
