@@ -27,8 +27,9 @@ Modes::
 
 Arguments after ``--`` go to the SLURM launcher (one batch job per run) or the TPU launcher
 (all runs one after another on the slice, in the background). Before anything is printed or
-launched, every override is applied to the recipe's ConfigDict, so a misspelt key or a value
-of the wrong type fails here, with the closest valid keys, and not in the 30th job.
+launched, every override is applied to the recipe's ConfigDict and the result is validated
+(:func:`validate_against_config`), so a misspelt key or a value of the wrong type fails here,
+with the closest valid keys, and not in the 30th job.
 """
 
 from __future__ import annotations
@@ -210,34 +211,48 @@ def load_config(config: str) -> Any:
 
 
 def validate_against_config(runs: Sequence[Run]) -> None:
-    """Applies every run's overrides to its recipe's ConfigDict; raises SweepError on a bad one.
+    """Applies every run's overrides to its recipe's ConfigDict and validates the result.
 
-    Values are converted the way config_flags converts command-line text: parsed to the
-    field's type (so ``1`` is accepted for a float field, ``"x"`` for an int field is not).
+    Mirrors what the trainer accepts: a key must exist in the recipe, except below an
+    ``options`` dictionary (estimator and task keyword arguments are free-form there, as in
+    ``rlvr_jax.config.check_override_keys``). Values are converted to the existing field's type
+    the way config_flags converts command-line text (``1`` is fine for a float field, ``"x"``
+    for an int field is not). The overridden config must then pass
+    ``rlvr_jax.config.validate`` (which checks, e.g., that an option is a keyword argument of
+    the chosen estimator). Raises SweepError naming the run.
     """
+    from rlvr_jax import config as run_config
+
     recipes: dict[str, Any] = {}
     for run in runs:
         if run.command.config not in recipes:
             recipes[run.command.config] = load_config(run.command.config)
+        config = recipes[run.command.config].copy_and_resolve_references()
         for key, value in run.command.overrides.items():
-            _apply_override(recipes[run.command.config].copy_and_resolve_references(),
-                            key, value, run)
+            _apply_override(config, key, value, run)
+        try:
+            run_config.validate(config)
+        except (ValueError, KeyError, TypeError) as error:
+            raise SweepError(f"run {run.name} ({run.command.config}): {error}") from None
 
 
 def _apply_override(config: Any, key: str, value: OverrideValue, run: Run) -> None:
     *parents, leaf = key.split(".")
     node = config
-    for depth, part in enumerate([*parents, leaf]):
-        if not hasattr(node, "keys") or part not in node:
-            valid = _dotted_keys(config)
-            close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(close)}?" if close else "."
-            raise SweepError(
-                f"run {run.name}: {run.command.config} has no key {key!r} "
-                f"({'.'.join([*parents, leaf][: depth + 1])} is missing){hint}"
+    for depth, part in enumerate(parents):
+        if part not in node:
+            _raise_unknown_key(config, key, f"{'.'.join(parents[: depth + 1])} is missing", run)
+        node = node[part]
+        if not hasattr(node, "keys"):
+            _raise_unknown_key(
+                config, key, f"{'.'.join(parents[: depth + 1])} is a value, not a section", run
             )
-        if depth < len(parents):
-            node = node[part]
+    if leaf not in node:
+        if not parents or parents[-1] != "options":
+            _raise_unknown_key(config, key, f"{key} is missing", run)
+        with node.unlocked():
+            setattr(node, leaf, value)
+        return
     current = node[leaf]
     try:
         if isinstance(current, bool):
@@ -254,6 +269,12 @@ def _apply_override(config: Any, key: str, value: OverrideValue, run: Run) -> No
             f"run {run.name}: {key}={value!r} does not fit the field's type "
             f"{type(current).__name__} ({error})."
         ) from None
+
+
+def _raise_unknown_key(config: Any, key: str, reason: str, run: Run) -> None:
+    close = difflib.get_close_matches(key, _dotted_keys(config), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else "."
+    raise SweepError(f"run {run.name}: {run.command.config} has no key {key!r} ({reason}){hint}")
 
 
 def _parse_bool(value: OverrideValue) -> bool:

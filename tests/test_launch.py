@@ -66,21 +66,16 @@ def recorder(tmp_path, monkeypatch):
 
 @pytest.fixture
 def recipe(tmp_path):
-    """A small recipe with variants, written like configs/*.py."""
+    """A recipe written like configs/*.py: the project's base config plus a variant."""
     path = tmp_path / "recipe.py"
     path.write_text(textwrap.dedent("""\
-        import ml_collections
+        from rlvr_jax.config import base_config
+        from rlvr_jax.recipes import apply_variant
 
         def get_config(variant="grpo"):
-            c = ml_collections.ConfigDict()
-            c.seed = 0
-            c.total_steps = 10
-            c.advantage = ml_collections.ConfigDict()
-            c.advantage.estimator = variant
-            c.advantage.options = ml_collections.ConfigDict({"alpha": 1.0})
-            c.optim = ml_collections.ConfigDict({"learning_rate": 1e-5})
-            c.rollout = ml_collections.ConfigDict({"group_size": 4, "dynamic": False})
-            return c
+            config = base_config()
+            config.total_steps = 10
+            return apply_variant(config, variant)
         """))
     return str(path)
 
@@ -110,11 +105,21 @@ def test_train_command_formats_values_the_way_config_flags_reads_them():
     assert float("1e-06") == 1e-6 and format_override_value("x", 0.1) == "0.1"
 
 
-def test_generated_argv_is_parsed_back_by_ml_collections_config_flags(recipe):
+def test_generated_argv_is_parsed_back_by_ml_collections_config_flags(tmp_path):
     """The format is checked by the parser the trainer uses, not by our own reading of it."""
     from absl import flags
     from ml_collections import config_flags
 
+    recipe = tmp_path / "tiny_recipe.py"
+    recipe.write_text(textwrap.dedent("""\
+        import ml_collections
+
+        def get_config(variant):
+            return ml_collections.ConfigDict({
+                "seed": 0, "optim": {"learning_rate": 1e-5}, "rollout": {"dynamic": False},
+                "advantage": {"estimator": variant, "options": {"alpha": 1.0}},
+            })
+        """))
     command = TrainCommand(f"{recipe}:progrpo", "gs://b/w", {
         "seed": 3, "optim.learning_rate": 1e-06, "rollout.dynamic": True,
         "advantage.options.alpha": 2, "advantage.estimator": "a b=c",
@@ -128,7 +133,7 @@ def test_generated_argv_is_parsed_back_by_ml_collections_config_flags(recipe):
     assert (config.seed, config.optim.learning_rate, config.rollout.dynamic) == (3, 1e-6, True)
     assert config.advantage.options.alpha == 2.0
     assert isinstance(config.advantage.options.alpha, float)
-    assert config.advantage.estimator == "a b=c"
+    assert config.advantage.estimator == "a b=c"  # the override beats the variant
     assert flag_values.workdir == "gs://b/w"
 
 
@@ -230,36 +235,42 @@ def test_expand_rejects_malformed_sweeps(sweep_dict, message):
 
 def test_validation_accepts_good_overrides_and_names_the_closest_keys(recipe):
     good = sweep.expand(dict(name="s", config=f"{recipe}:progrpo", overrides=[
-        {"advantage.options.alpha": 2, "optim.learning_rate": "3e-6", "rollout.dynamic": "true"},
+        {"advantage.options.alpha": 2, "optim.learning_rate": "3e-6", "total_steps": "7",
+         "logging.tensorboard": "false", "rollout.group_size": 8},
     ]), "root")
     sweep.validate_against_config(good)
 
-    typo = sweep.expand(dict(name="s", config=recipe,
-                             overrides=[{"advantage.option.alpha": 0.5}]), "root")
-    with pytest.raises(sweep.SweepError, match=r"did you mean advantage\.options\.alpha"):
-        sweep.validate_against_config(typo)
+    def check(config, override, message):
+        runs = sweep.expand(dict(name="s", config=config, overrides=[override]), "root")
+        with pytest.raises(sweep.SweepError, match=message):
+            sweep.validate_against_config(runs)
+
+    check(recipe, {"advantage.option.alpha": 0.5}, r"did you mean advantage\.options")
+    check(recipe, {"optim.learning_rat": 0.5}, r"did you mean optim\.learning_rate")
+    check(recipe, {"seed.x": 1}, "seed is a value, not a section")
+    check(recipe, {"nothing.x": 1}, "nothing is missing")
+    # free-form options are checked against the estimator's keyword arguments
+    check(f"{recipe}:progrpo", {"advantage.options.alhpa": 0.5}, "advantage.options.alpha")
+    check(f"{recipe}:asym_grpo", {"advantage.options.alpha": 0.5}, "beta_pos")
     for override, field_type in [({"rollout.group_size": 2.5}, "int"),
                                  ({"seed": "one"}, "int"),
-                                 ({"rollout.dynamic": "maybe"}, "bool"),
+                                 ({"logging.tensorboard": "maybe"}, "bool"),
                                  ({"advantage.estimator": 3}, "str")]:
-        runs = sweep.expand(dict(name="s", config=recipe, overrides=[override]), "root")
-        with pytest.raises(sweep.SweepError, match=f"type {field_type}"):
-            sweep.validate_against_config(runs)
-    missing = sweep.expand(dict(name="s", config="nope/recipe.py", overrides=[{}]), "root")
-    with pytest.raises(sweep.SweepError, match="does not exist"):
-        sweep.validate_against_config(missing)
+        check(recipe, override, f"type {field_type}")
+    check(recipe, {"advantage.estimator": "nope"}, "unknown advantage estimator")
+    check("nope/recipe.py", {}, "does not exist")
 
 
 def test_print_mode_prints_shell_lines_that_split_back_to_the_argv(tmp_path, recipe, capsys):
     path = write_sweep(tmp_path, f"""\
         return dict(name="s", config="{recipe}",
-                    overrides=product(**{{"advantage.estimator": ["it's", "b c"]}}))
+                    overrides=product(**{{"model.cache_dir": ["it's", "b c"]}}))
         """)
     assert sweep.main([path, "--workdir_root=/tmp/r r"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [shlex.split(line) for line in lines] == [
         ["python3", "-m", "rlvr_jax.train", f"--config={recipe}",
-         f"--config.advantage.estimator={value}", f"--workdir=/tmp/r r/estimator={name}"]
+         f"--config.model.cache_dir={value}", f"--workdir=/tmp/r r/cache_dir={name}"]
         for value, name in [("it's", "it-s"), ("b c", "b-c")]
     ]
 
