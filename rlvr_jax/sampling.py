@@ -284,7 +284,7 @@ def sample_keys(key: jax.Array, prompt_ids: jax.Array, num_samples: int) -> jax.
     )  # [B, G]
 
 
-def _last_logits(config: models.ModelConfig, hidden: jax.Array, unembedding: jax.Array):
+def _last_logits(hidden: jax.Array, unembedding: jax.Array) -> jax.Array:
     """Float32 logits of the last position, ``[N, V]``, as ``models.forward`` computes them."""
     return jnp.einsum("nd,dv->nv", hidden[:, -1], unembedding, preferred_element_type=jnp.float32)
 
@@ -314,7 +314,7 @@ def _generate_bucketed(
     hidden, cache = models.hidden_states(
         config, params, prompt_tokens, attention_mask=prompt_mask, cache=cache
     )  # [B, P, D]
-    logits = jnp.repeat(_last_logits(config, hidden, unembedding), G, axis=0)  # [N, V]
+    logits = jnp.repeat(_last_logits(hidden, unembedding), G, axis=0)  # [N, V]
     cache = {
         "k": jnp.repeat(cache["k"], G, axis=1),  # [layers, N, P + L, K, Dh]
         "v": jnp.repeat(cache["v"], G, axis=1),
@@ -332,7 +332,7 @@ def _generate_bucketed(
         columns = (token, live, *(jnp.where(live, x, 0.0) for x in drawn[1:]))
         outputs = tuple(buf.at[:, step].set(col) for buf, col in zip(outputs, columns, strict=True))
         done = done | jnp.any(token[:, None] == eos_ids[None, :], axis=-1)
-        return token, done, outputs
+        return drawn.token, done, outputs  # finished rows feed a real token, never pad_id
 
     float_buffer = jnp.zeros((N, L), jnp.float32)
     outputs = (jnp.full((N, L), pad_id, jnp.int32), jnp.zeros((N, L), bool), *[float_buffer] * 4)
@@ -345,9 +345,7 @@ def _generate_bucketed(
     def decode(state):
         step, token, cache, done, outputs = state
         hidden, cache = models.hidden_states(config, params, token[:, None], cache=cache)
-        token, done, outputs = sample_step(
-            step, _last_logits(config, hidden, unembedding), done, outputs
-        )
+        token, done, outputs = sample_step(step, _last_logits(hidden, unembedding), done, outputs)
         return step + 1, token, cache, done, outputs
 
     state = (jnp.int32(1), token, cache, done, outputs)
