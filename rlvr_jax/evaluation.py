@@ -1,0 +1,61 @@
+"""Held-out evaluation: unbiased pass@k, response length and exploration statistics.
+
+A fixed set of ``eval.num_prompts`` held-out prompts (the first ones of the task's eval split
+in its seeded order, the same at every evaluation) gets ``n = eval.samples_per_prompt``
+samples each with a fixed key, so successive evaluations differ only through the policy.
+Reported: ``pass@k`` for ``k`` in ``{1, 2, 4, ..., n}`` (and ``n``), mean response length,
+fractions of all-correct / all-wrong groups, distinct (correct) final answers per prompt, and
+the mean entropy of the sampling distribution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from rlvr_jax import metrics
+from rlvr_jax.rollout import Groups, Sampler, strategy_from
+
+
+def pass_at_k_ks(n: int) -> list[int]:
+    """``[1, 2, 4, ..., n]``: powers of two below ``n``, then ``n`` itself."""
+    ks = [1 << i for i in range(n.bit_length()) if (1 << i) < n]
+    return [*ks, n]
+
+
+def evaluate(
+    sampler: Sampler,
+    params: Any,
+    examples: list[dict[str, Any]],
+    key: jax.Array,
+    settings: Mapping[str, Any],
+    max_new_tokens: int,
+    batch_prompts: int,
+) -> tuple[dict[str, float], Groups]:
+    """Evaluates ``params`` on ``examples``; returns metrics and the sampled groups."""
+    n = int(settings["samples_per_prompt"])
+    strategy = strategy_from(settings)
+    parts = []
+    for start in range(0, len(examples), batch_prompts):
+        chunk = examples[start:start + batch_prompts]
+        positions = np.arange(start, start + len(chunk))
+        parts.append(sampler.sample(params, chunk, positions, key, num_samples=n,
+                                    max_new_tokens=max_new_tokens, strategy=strategy))
+    groups = Groups.concatenate(parts)
+    lengths = groups.completion_mask.sum(-1)
+    out = {f"pass@{k}": v for k, v in metrics.pass_at_k_curve(groups.rewards,
+                                                             pass_at_k_ks(n)).items()}
+    stats = metrics.group_statistics(groups.rewards)
+    out.update({
+        "reward_mean": float(stats["reward_mean"]),
+        "frac_all_correct": float(stats["frac_all_correct"]),
+        "frac_all_wrong": float(stats["frac_all_wrong"]),
+        "response_length_mean": float(lengths.mean()),
+        "sampling_entropy": float(groups.sampling_entropy[groups.completion_mask].mean())
+        if groups.completion_mask.any() else 0.0,
+        **metrics.answer_diversity(groups.answers, groups.rewards),
+    })
+    return out, groups

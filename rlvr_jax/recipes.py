@@ -1,0 +1,56 @@
+"""Named algorithm recipes: the estimator plus the loss and rollout settings it comes with.
+
+A recipe config calls ``apply_variant(config, name)`` to turn a base setup into one algorithm.
+Every choice is an ordinary config key, so a command line can still override it; the
+estimators' own hyper-parameters are written out in ``advantage.options`` (with the spec's
+defaults) so sweeps can override them, e.g. ``--config.advantage.options.alpha=0.5``.
+
+=============== ======================= ============================================================
+variant         estimator               loss / rollout settings
+=============== ======================= ============================================================
+grpo            grpo                    seq_mean_token_mean (the GRPO paper's normalisation)
+dr_grpo         dr_grpo                 seq_sum_over_max_len (constant normaliser)
+dapo            grpo                    token_mean, clip_high 0.28, dynamic sampling, overlong
+                                        penalty with a buffer of a quarter of max_new_tokens
+rloo            rloo                    token_mean
+reinforce_pp    reinforce_pp_baseline   token_mean
+progrpo         progrpo (ARM, alpha 1)  token_mean, clip_high 0.28
+asym_grpo       asym_grpo               token_mean
+lens            lens                    token_mean
+=============== ======================= ============================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "grpo": {"advantage.estimator": "grpo", "loss.aggregation": "seq_mean_token_mean"},
+    "dr_grpo": {"advantage.estimator": "dr_grpo", "loss.aggregation": "seq_sum_over_max_len"},
+    "dapo": {"advantage.estimator": "grpo", "loss.aggregation": "token_mean",
+             "loss.clip_high": 0.28, "rollout.dynamic_sampling": True,
+             "rollout.overlong_buffer": "quarter"},
+    "rloo": {"advantage.estimator": "rloo", "loss.aggregation": "token_mean"},
+    "reinforce_pp": {"advantage.estimator": "reinforce_pp_baseline",
+                     "loss.aggregation": "token_mean"},
+    "progrpo": {"advantage.estimator": "progrpo", "loss.aggregation": "token_mean",
+                "loss.clip_high": 0.28,
+                "advantage.options": {"alpha": 1.0, "rho_low": 0.2, "confidence": "low_tokens"}},
+    "asym_grpo": {"advantage.estimator": "asym_grpo", "loss.aggregation": "token_mean",
+                  "advantage.options": {"beta_pos": 0.9, "beta_neg": 0.4}},
+    "lens": {"advantage.estimator": "lens", "loss.aggregation": "token_mean",
+             "advantage.options": {"alpha": 0.25}},
+}
+
+
+def apply_variant(config: Any, variant: str | None) -> Any:
+    """Applies the settings of ``variant`` (default ``grpo``) to ``config`` in place."""
+    variant = variant or "grpo"
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; known variants: {', '.join(VARIANTS)}")
+    for path, value in VARIANTS[variant].items():
+        if value == "quarter":
+            value = max(1, int(config.rollout.max_new_tokens) // 4)
+        section, key = path.split(".")
+        config[section][key] = dict(value) if isinstance(value, dict) else value
+    return config

@@ -1,0 +1,206 @@
+"""The main job: RL with verifiable rewards, from a recipe config to a trained policy.
+
+    python -m rlvr_jax.train --config=configs/<recipe>.py[:variant] --config.<key>=<value> \\
+        --workdir=<dir>
+
+Each step: draw prompts, sample groups of completions, verify them, compute advantages with
+the configured estimator, update the policy in one compiled step; evaluate every
+``eval.every_steps`` steps on held-out prompts; log (``<workdir>/metrics.jsonl``, TensorBoard,
+optionally wandb) and checkpoint (``<workdir>/checkpoints``). Starting again with the same
+workdir resumes from the latest checkpoint exactly (parameters, optimizer, PRNG keys and the
+prompt stream position); SIGTERM/SIGINT save a checkpoint at the next step boundary and exit.
+On the same command on every host of a TPU pod or GPU cluster it runs multi-controller.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlvr_jax import checkpoint, evaluation, models, rewards, rollout, sharding
+from rlvr_jax import config as config_lib
+from rlvr_jax import logging as run_logging
+from rlvr_jax import optimizer as optimizer_lib
+from rlvr_jax import train_step as train_step_lib
+
+
+def _device_batch(batch: Mapping[str, np.ndarray], mesh, rules) -> dict[str, jax.Array]:
+    """Places the host batch on the mesh (each process contributes its rows)."""
+    if jax.process_count() == 1:
+        return jax.device_put(dict(batch), train_step_lib.batch_partition(mesh, rules))
+    n = len(batch["tokens"])
+    rows = sharding.host_local_batch_slice(n, mesh, rules)
+    return sharding.make_global_batch({k: v[rows] for k, v in batch.items()}, n, mesh, rules)
+
+
+def _sample_texts(groups: rollout.Groups, count: int) -> dict[str, str]:
+    texts = {}
+    for i in range(min(count, len(groups.examples))):
+        example = groups.examples[i]
+        texts[f"samples/{i}"] = (
+            f"QUESTION: {example['question']}\nREFERENCE: {example['answer']}\n"
+            f"REWARD: {groups.rewards[i, 0]:.0f}\nCOMPLETION: {groups.texts[i][0]}"
+        )
+    return texts
+
+
+def run(config: Any, workdir: str) -> dict[str, float]:
+    """Trains with ``config`` in ``workdir`` (resuming if it holds a checkpoint).
+
+    Returns the metrics of the last step and of the final evaluation.
+    """
+    config_lib.validate(config)
+    sharding.initialize_distributed()
+    os.makedirs(workdir, exist_ok=True)
+    main_process = jax.process_index() == 0
+    mesh = sharding.make_mesh(config.mesh)
+    rules = sharding.rules_from_config(config.sharding)
+
+    model_config, params = models.load(
+        config.model.name, dtype=jnp.dtype(config.model.dtype),
+        param_dtype=jnp.dtype(config.model.param_dtype), cache_dir=config.model.cache_dir,
+    )
+    model_config = model_config.replace(remat_policy=config.model.remat_policy)
+    tokenizer = models.load_tokenizer(config.model.tokenizer or config.model.name,
+                                      cache_dir=config.model.cache_dir)
+    task = rewards.get_task(config.task.name, **config.task.options.to_dict())
+    eos_ids = model_config.eos_token_ids or (tokenizer.eos_token_id,)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+
+    tx = optimizer_lib.make_optimizer(config.optim)
+    state, shardings = train_step_lib.create_train_state(
+        model_config, tx, jax.random.key(config.seed), mesh, rules, params=params)
+    reference = None
+    if config.loss.kl_coef:
+        reference = jax.tree.map(jnp.copy, state.params)  # frozen: never donated
+    del params
+    step_fn = train_step_lib.make_train_step(config, model_config, tx, mesh, rules, shardings)
+    scorer = train_step_lib.make_scorer(config, model_config, mesh, rules, shardings.params)
+    sampler = rollout.Sampler(
+        model_config, tokenizer, task, int(config.rollout.max_prompt_len),
+        int(config.rollout.prompt_bucket), int(config.rollout.length_bucket),
+        tuple(int(i) for i in eos_ids), int(pad_id),
+    )
+    stream = rollout.PromptStream(task, config.task.train_split, config.seed)
+    eval_examples = task.examples(config.task.eval_split, seed=config.seed,
+                                  n=int(config.eval.num_prompts))
+    eval_tokens = int(config.eval.max_new_tokens or config.rollout.max_new_tokens)
+    rollout_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+    eval_key = jax.random.fold_in(jax.random.key(config.seed), 2)
+
+    def run_eval(step: int, log: run_logging.RunLogger) -> dict[str, float]:
+        results, groups = evaluation.evaluate(
+            sampler, state.params, eval_examples, eval_key, config.eval, eval_tokens,
+            batch_prompts=int(config.rollout.prompts_per_step))
+        scalars = {f"eval/{k}": v for k, v in results.items()}
+        log.scalars(step, scalars)
+        log.texts(step, {f"eval_{k}": v for k, v in _sample_texts(groups, 1).items()})
+        return scalars
+
+    total = int(config.total_steps)
+    ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+    last: dict[str, float] = {}
+    with checkpoint.Checkpointer(
+        ckpt_dir, save_every_steps=int(config.checkpoint.save_every_steps),
+        keep_last=int(config.checkpoint.keep_last), async_save=bool(config.checkpoint.async_save),
+    ) as ckpt, checkpoint.PreemptionGuard() as guard:
+        start = 0
+        if ckpt.latest_step() is not None:
+            restored = ckpt.restore(jax.eval_shape(lambda: state), shardings)
+            state, start = restored.state, restored.step
+            stream.position = int(restored.host_state["stream_position"])
+        with run_logging.RunLogger(
+            workdir, config.to_dict(), tensorboard=bool(config.logging.tensorboard),
+            wandb=bool(config.logging.wandb), wandb_project=config.logging.wandb_project,
+            is_main_process=main_process, resume_step=start if start else None,
+        ) as log, run_logging.ProgressBar(total, start, enabled=main_process) as progress:
+            if start == 0 and config.eval.at_start:
+                last.update(run_eval(0, log))
+            for step in range(start, total):
+                began = time.perf_counter()
+                batch, stats, groups = rollout.collect(
+                    sampler, stream, state.params, jax.random.fold_in(rollout_key, step),
+                    config.rollout, config.advantage, scorer, reference)
+                rollout_seconds = time.perf_counter() - began
+                state, step_metrics = step_fn(state, _device_batch(batch, mesh, rules))
+                step_metrics = {k: float(v) for k, v in step_metrics.items()}
+                seconds = time.perf_counter() - began
+                scalars = {f"train/{k}": v for k, v in stats.items()}
+                scalars |= {f"update/{k}": v for k, v in step_metrics.items()}
+                scalars |= {
+                    "time/step_seconds": seconds, "time/rollout_seconds": rollout_seconds,
+                    "time/tokens_per_second": stats["tokens"] / seconds,
+                    "update/learning_rate": float(optimizer_lib.learning_rate_schedule(
+                        config.optim)(step * config.step.mini_batches * config.step.epochs)),
+                }
+                log.scalars(step + 1, scalars)
+                log.texts(step + 1, _sample_texts(groups, int(config.logging.num_sample_texts)))
+                last.update(scalars)
+                every = int(config.eval.every_steps)
+                if (every and (step + 1) % every == 0) or step + 1 == total:
+                    last.update(run_eval(step + 1, log))
+                stop = guard.should_stop()
+                ckpt.save(step + 1, state, {"stream_position": stream.position,
+                                            "config": config.to_dict()},
+                          force=stop or step + 1 == total)
+                progress.update(step + 1, {
+                    "reward": stats["reward_mean"], "pass@1": last.get("eval/pass@1", 0.0),
+                    "tok/s": scalars["time/tokens_per_second"]})
+                if stop:
+                    print(f"stopping at step {step + 1} on request; checkpoint saved",
+                          file=sys.stderr)
+                    break
+    task.close()
+    if main_process:
+        history = run_logging.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+        print(run_logging.summary_table(history))
+        run_logging.plot_curves(os.path.join(workdir, "metrics.jsonl"),
+                                os.path.join(workdir, "curves.png"),
+                                keys=("train/reward_mean", "eval/pass@1"))
+    return last
+
+
+def _override_keys(argv: list[str]) -> list[str]:
+    keys = []
+    for arg in argv:
+        if arg.startswith("--config."):
+            keys.append(arg[len("--config."):].split("=", 1)[0])
+    return keys
+
+
+def _check_overrides_early(argv: list[str]) -> None:
+    """Fails on a misspelt ``--config.<key>`` with the closest valid keys, before absl does."""
+    keys = _override_keys(argv)
+    if keys:
+        config_lib.check_override_keys(config_lib.base_config(), keys)
+
+
+def main() -> None:
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flag = config_flags.DEFINE_config_file(
+        "config", None, "Recipe: configs/<recipe>.py[:variant].", lock_config=True)
+    workdir_flag = flags.DEFINE_string("workdir", None, "Run directory (logs, checkpoints).")
+    flags.mark_flags_as_required(["config", "workdir"])
+    try:
+        _check_overrides_early(sys.argv[1:])
+    except ValueError as error:
+        sys.exit(f"error: {error}")
+    def app_main(argv: list[str]) -> None:
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        run(config_flag.value, workdir_flag.value)
+
+    app.run(app_main)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,13 @@
+"""Recipe file for the CLI end-to-end tests: the toy model directory comes from $TOY_MODEL_DIR."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import toy
+
+
+def get_config(variant: str = "grpo"):
+    os.environ.setdefault("TOY_VARIANT", variant or "grpo")
+    return toy.toy_config(os.environ["TOY_MODEL_DIR"])

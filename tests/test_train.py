@@ -1,0 +1,180 @@
+"""The training loop end to end: CLI, logs, checkpoints, resume, preemption, learning, configs."""
+
+import glob
+import importlib.util
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from rlvr_jax import config as config_lib
+from rlvr_jax import recipes, train
+
+E2E = pathlib.Path(__file__).parent / "e2e"
+sys.path.insert(0, str(E2E))
+
+import toy  # noqa: E402
+
+ROOT = pathlib.Path(__file__).parent.parent
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return toy.write_model(str(tmp_path_factory.mktemp("toy_model")))
+
+
+def cli(workdir, model_dir, *overrides, wait=True):
+    env = dict(os.environ, TOY_MODEL_DIR=model_dir, JAX_PLATFORMS="cpu")
+    argv = [sys.executable, str(E2E / "run_train.py"), f"--config={E2E / 'toy_recipe.py'}",
+            f"--workdir={workdir}", *overrides]
+    if not wait:
+        return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd=ROOT)
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
+def read_metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def logged_steps(workdir):
+    return [row["step"] for row in read_metrics(workdir) if "train/reward_mean" in row]
+
+
+def checkpoint_steps(workdir):
+    return sorted(int(p.name) for p in pathlib.Path(workdir, "checkpoints").iterdir()
+                  if p.name.isdigit())
+
+
+@pytest.mark.slow
+def test_cli_runs_logs_checkpoints_and_resumes(tmp_path, model_dir):
+    workdir = str(tmp_path / "run")
+    first = cli(workdir, model_dir)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert logged_steps(workdir) == [1, 2, 3]
+    assert checkpoint_steps(workdir) == [2, 3]
+    assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
+    assert os.path.getsize(os.path.join(workdir, "curves.png")) > 0
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        record = json.loads(f.readline())
+    for key in ("train/reward_mean", "train/pass@1", "train/entropy", "update/loss",
+                "update/grad_norm", "update/cov_logp_advantage",
+                "train/sampler_trainer_logp_gap_max", "time/tokens_per_second"):
+        assert key in record, key
+    # The sampler and the trainer score the same tokens with the same code path.
+    assert record["train/sampler_trainer_logp_gap_max"] < 1e-4
+
+    second = cli(workdir, model_dir, "--config.total_steps=5")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert logged_steps(workdir) == [1, 2, 3, 4, 5]  # continued at step 4, no duplicates
+    assert checkpoint_steps(workdir)[-1] == 5
+
+
+@pytest.mark.slow
+def test_sigterm_leaves_a_resumable_checkpoint_and_no_partial_files(tmp_path, model_dir):
+    workdir = str(tmp_path / "run")
+    process = cli(workdir, model_dir, "--config.total_steps=200",
+                  "--config.checkpoint.save_every_steps=1000", wait=False)
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + 300
+    while time.time() < deadline and (not os.path.exists(metrics) or len(logged_steps(workdir))
+                                      < 2):
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    steps = logged_steps(workdir)
+    assert checkpoint_steps(workdir) == [steps[-1]] and steps[-1] < 200
+    leftovers = [p for p in pathlib.Path(workdir, "checkpoints").rglob("*")
+                 if "tmp" in p.name.lower()]
+    assert not leftovers, leftovers
+    resumed = cli(workdir, model_dir, f"--config.total_steps={steps[-1] + 1}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert logged_steps(workdir) == list(range(1, steps[-1] + 2))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["grpo", "progrpo"])
+def test_training_reward_rises_on_a_learnable_task(tmp_path, model_dir, variant):
+    toy.register()
+    config = toy.toy_config(model_dir)
+    recipes.apply_variant(config, variant)
+    config.total_steps = 30
+    config.eval.every_steps = 0
+    config.logging.tensorboard = False
+    train.run(config, str(tmp_path / variant))
+    rewards = [row["train/reward_mean"] for row in read_metrics(tmp_path / variant)
+               if "train/reward_mean" in row]
+    assert len(rewards) == 30
+    early, late = np.mean(rewards[:5]), np.mean(rewards[-5:])
+    assert late > early + 0.3, (early, late, rewards)
+
+
+def load_recipe(path):
+    spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+RECIPES = sorted(str(p) for p in (ROOT / "configs").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[pathlib.Path(p).stem for p in RECIPES])
+def test_every_recipe_and_variant_validates(path):
+    module = load_recipe(path)
+    variants = getattr(module, "VARIANTS", None) or list(recipes.VARIANTS)
+    for variant in variants:
+        config_lib.validate(module.get_config(variant))
+
+
+def test_unknown_variant_lists_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown variant 'gpro'.*grpo.*lens"):
+        load_recipe(str(ROOT / "configs" / "smollm2_arith.py")).get_config("gpro")
+
+
+def test_override_typo_suggests_the_closest_keys():
+    config = config_lib.base_config()
+    with pytest.raises(ValueError, match=r"'rollout.group_sise'; did you mean rollout.group_size"):
+        config_lib.check_override_keys(config, ["rollout.group_sise"])
+    with pytest.raises(ValueError, match=r"did you mean optim.learning_rate"):
+        config_lib.check_override_keys(config, ["optim.learning_rat"])
+    config_lib.check_override_keys(config, ["advantage.options.alpha", "loss.clip_high"])
+
+
+def test_cli_rejects_a_typo_before_loading_anything(tmp_path, model_dir):
+    done = cli(str(tmp_path / "run"), model_dir, "--config.rollout.group_sise=4")
+    assert done.returncode != 0
+    assert "did you mean rollout.group_size" in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_validate_names_bad_values():
+    config = config_lib.base_config()
+    config.advantage.estimator = "grpoo"
+    with pytest.raises(ValueError, match="unknown advantage estimator 'grpoo'"):
+        config_lib.validate(config)
+    config = config_lib.base_config()
+    config.advantage.options = {"alhpa": 1.0}
+    config.advantage.estimator = "progrpo"
+    with pytest.raises(ValueError, match=r"advantage\.options\.alhpa'; did you mean "
+                                         r"advantage\.options\.alpha"):
+        config_lib.validate(config)
+    config = config_lib.base_config()
+    config.advantage.estimator = "asym_grpo"
+    config.rollout.overlong_buffer = 16
+    with pytest.raises(ValueError, match="requires binary rewards"):
+        config_lib.validate(config)
+    config = config_lib.base_config()
+    config.rollout.group_size = 3
+    config.step.micro_batches = 16
+    with pytest.raises(ValueError, match="do not split"):
+        config_lib.validate(config)
