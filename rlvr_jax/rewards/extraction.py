@@ -12,6 +12,11 @@ A completion with none of these has no answer (``None``) and is scored 0: a form
 output never earns reward by accident. Every scan is linear in the completion length, so a
 1 MB completion costs milliseconds; answers longer than ``max_chars`` are rejected as
 ``None`` (no real final answer is that long, and downstream parsers are super-linear).
+
+:func:`extract_last_number` is the lenient alternative some tasks opt into
+(``answer_format="last_number"``): the last integer or decimal anywhere in the completion, as
+in the "flexible extract" of GSM8K evaluations. It lets very small models that do not follow a
+format instruction earn reward, at the price of accepting a number said in passing.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ _BRACE = re.compile(r"[{}]")
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _HASHES = re.compile(r"####[ \t]*([^\n]*)")
 _ANSWER_IS = re.compile(r"answer\s+is\s*:?", re.IGNORECASE)
+_LAST_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 def _closing_braces(text: str, start: int) -> dict[int, int]:
@@ -81,3 +87,9 @@ def extract_answer(text: str, max_chars: int = MAX_ANSWER_CHARS) -> str | None:
     if not answer or len(answer) > max_chars:
         return None
     return answer
+
+
+def extract_last_number(text: str) -> str | None:
+    """The last number (``-?digits[.digits]``) in ``text``, or None if it holds no digit."""
+    numbers = _LAST_NUMBER.findall(text)
+    return numbers[-1] if numbers else None

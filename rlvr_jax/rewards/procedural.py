@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -53,7 +53,13 @@ def binary_procedural_score(answer: str, entry: dict[str, Any]) -> float:
 class ProceduralVerifier:
     """Batched binary scoring of reasoning-gym examples with a hard per-item timeout."""
 
-    def __init__(self, num_workers: int = 2, timeout_s: float = 5.0):
+    def __init__(
+        self,
+        num_workers: int = 2,
+        timeout_s: float = 5.0,
+        extract: Callable[[str], str | None] = extract_answer,
+    ):
+        self._extract = extract
         self._pool_args = dict(
             num_workers=num_workers,
             timeout_s=timeout_s,
@@ -65,7 +71,7 @@ class ProceduralVerifier:
         """Rewards ``[N]`` float32 in {0, 1} for completions against reasoning-gym entries."""
         if len(completions) != len(entries):
             raise ValueError(f"{len(completions)} completions but {len(entries)} entries")
-        answers = [extract_answer(completion) for completion in completions]
+        answers = [self._extract(completion) for completion in completions]
         to_score = [i for i, answer in enumerate(answers) if answer is not None]
         statuses = [NO_ANSWER] * len(completions)
         rewards = np.zeros(len(completions), np.float32)  # [N]

@@ -25,7 +25,7 @@ import numpy as np
 from rlvr_jax.data.prompts import CODE_INSTRUCTION, PromptFormat, format_prompt
 from rlvr_jax.data.sampling import RandomAccessSource, epoch_order, iterate_examples
 from rlvr_jax.rewards.code import CodeVerifier, extract_code
-from rlvr_jax.rewards.extraction import extract_answer
+from rlvr_jax.rewards.extraction import extract_answer, extract_last_number
 from rlvr_jax.rewards.math_verifier import MathVerifier
 from rlvr_jax.rewards.procedural import ProceduralVerifier
 from rlvr_jax.rewards.report import ScoreReport
@@ -171,6 +171,9 @@ def _math_task(
     )
 
 
+LAST_NUMBER_INSTRUCTION = "Answer with the number only."
+
+
 def _procedural_task(
     rg_name: str,
     *,
@@ -180,11 +183,20 @@ def _procedural_task(
     timeout_s: float = 5.0,
     system_prompt: str | None = None,
     instruction: str | None = None,
+    answer_format: str = "boxed",
     **config: Any,
 ) -> Task:
+    """A reasoning-gym task; ``answer_format`` is ``"boxed"`` (the strict extractor: boxed,
+    ``####`` or "The answer is") or ``"last_number"`` (the last number of the completion, with
+    the instruction "Answer with the number only." unless one is given)."""
     from rlvr_jax.data.procedural import ProceduralSource
 
-    verifier = ProceduralVerifier(num_workers=num_workers, timeout_s=timeout_s)
+    formats = {"boxed": (extract_answer, PromptFormat().instruction),
+               "last_number": (extract_last_number, LAST_NUMBER_INSTRUCTION)}
+    if answer_format not in formats:
+        raise ValueError(f"answer_format={answer_format!r}; expected one of {sorted(formats)}")
+    extract, default_instruction = formats[answer_format]
+    verifier = ProceduralVerifier(num_workers=num_workers, timeout_s=timeout_s, extract=extract)
     generation_seeds = {"train": seed, "test": seed + TEST_SEED_OFFSET}
 
     def load_split(split: str) -> RandomAccessSource:
@@ -198,8 +210,8 @@ def _procedural_task(
         verify=lambda completions, examples: verifier.score(
             completions, [example["entry"] for example in examples]
         ),
-        answer_of=extract_answer,
-        prompt_format=_prompt_format(system_prompt, instruction, PromptFormat().instruction),
+        answer_of=extract,
+        prompt_format=_prompt_format(system_prompt, instruction, default_instruction),
         close=verifier.close,
     )
 
