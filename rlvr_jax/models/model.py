@@ -17,9 +17,12 @@ Parameters are a plain nested dict (unboxed arrays):
 
 KV-cache protocol (static shapes, works inside `jax.jit` and `lax.while_loop`)
 ------------------------------------------------------------------------------
-A cache is the dict {"k", "v": [L, B, S, K, Dh], "valid": [B, S] bool, "index": [] int32}.
+A cache is the dict {"k", "v": [L, B, K, S, Dh], "valid": [B, S] bool, "index": [] int32}.
 Slot s of row b holds a real token iff valid[b, s]; `index` is the next slot to write and is
-shared by the batch (left padding keeps rows aligned).
+shared by the batch (left padding keeps rows aligned). Keys and values are stored heads
+before slots, the layout attention reads, and a call writes only its T new slots of each
+layer (in place when the cache is loop state, e.g. in a `lax.while_loop` decode), so a decode
+step costs the weights plus one read of the cache, not a copy of it.
 
 1. `cache = init_cache(config, B, S)`: all slots empty, index 0.
 2. Prefill: `logits, cache = forward(config, params, prompt, attention_mask=prompt_mask,
@@ -107,7 +110,7 @@ def init_cache(
     config: ModelConfig, batch_size: int, max_len: int, dtype: Any = None
 ) -> Cache:
     """An empty KV cache of `max_len` slots (see the module docstring for the protocol)."""
-    shape = (config.num_layers, batch_size, max_len, config.num_kv_heads, config.head_dim)
+    shape = (config.num_layers, batch_size, config.num_kv_heads, max_len, config.head_dim)
     dtype = jnp.dtype(dtype or config.dtype)
     return {
         "k": jnp.zeros(shape, dtype),

@@ -98,6 +98,11 @@ class Attention(nn.Module):
     S, the T new keys are written at slots [index, index + T) and queries attend over all S
     slots. A query in slot q sees key slot s iff s ≤ q and key_valid[s], where key_valid marks
     real (non-padding) tokens.
+
+    With a cache, `cache` holds every layer's keys and values, {k, v: [L, B, K, S, Dh]}, and
+    this layer (number `layer_index`) writes its T new slots into it in place and attends over
+    its own [B, K, S, Dh] slice. Heads come before slots, the layout the attention contractions
+    read, so no per-step transpose of the cache is needed.
     """
 
     config: ModelConfig
@@ -110,7 +115,8 @@ class Attention(nn.Module):
         sin: jnp.ndarray,  # [B, T, Dh]
         key_valid: jnp.ndarray,  # [B, S] bool
         cache_index: jnp.ndarray | None,  # [] int32 (None without a cache)
-        layer_cache: dict[str, jnp.ndarray] | None,  # k, v: [B, S, K, Dh]
+        cache: dict[str, jnp.ndarray] | None,  # k, v: [L, B, K, S, Dh] (None without)
+        layer_index: jnp.ndarray,  # [] int32
     ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray] | None]:
         c = self.config
         H, K, Dh = c.num_heads, c.num_kv_heads, c.head_dim
@@ -130,26 +136,23 @@ class Attention(nn.Module):
         k = nn.with_logical_constraint(k, ("batch", "length", "kv_heads", None))
         v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads", None))
 
-        T = x.shape[1]
-        if layer_cache is None:
+        B, T = x.shape[:2]
+        if cache is None:
             query_offset = jnp.int32(0)
-            new_cache = None
+            kv_spec = "bskd"  # k, v: [B, S = T, K, Dh]
         else:
             query_offset = cache_index
-            start = (0, cache_index, 0, 0)
-            new_cache = {
-                "k": jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(
-                    layer_cache["k"].dtype), start),
-                "v": jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(
-                    layer_cache["v"].dtype), start),
+            cache = {
+                "k": _write_slots(cache["k"], k, layer_index, cache_index),
+                "v": _write_slots(cache["v"], v, layer_index, cache_index),
             }
-            k = new_cache["k"].astype(c.dtype)
-            v = new_cache["v"].astype(c.dtype)
-        S = k.shape[1]
+            k = _layer_slice(cache["k"], layer_index).astype(c.dtype)  # [B, K, S, Dh]
+            v = _layer_slice(cache["v"], layer_index).astype(c.dtype)  # [B, K, S, Dh]
+            kv_spec = "bksd"
+        S = key_valid.shape[1]
 
-        B = x.shape[0]
         q = q.reshape(B, T, K, H // K, Dh)  # [B, T, K, G, Dh]
-        logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+        logits = jnp.einsum(f"btkgd,{kv_spec}->bkgts", q, k, preferred_element_type=jnp.float32)
         logits = logits * (Dh**-0.5)  # [B, K, G, T, S]
         query_slot = query_offset + jnp.arange(T)  # [T]
         causal = jnp.arange(S)[None, :] <= query_slot[:, None]  # [T, S]
@@ -159,11 +162,34 @@ class Attention(nn.Module):
         # A query with no visible key (left padding) attends to nothing: output 0, the same in
         # the cached and uncached paths.
         probs = jnp.where(visible, probs, 0.0).astype(c.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(B, T, H, Dh)
+        out = jnp.einsum(f"bkgts,{kv_spec}->btkgd", probs, v).reshape(B, T, H, Dh)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", None))
         o_proj = _projection(c, (c.hidden_size,), ("heads", "head_dim", "embed"), None,
                              "o_proj")
-        return o_proj(out), new_cache
+        return o_proj(out), cache
+
+
+def _write_slots(
+    buffer: jnp.ndarray,  # [L, B, K, S, Dh]
+    new: jnp.ndarray,  # [B, T, K, Dh]
+    layer_index: jnp.ndarray,  # [] int32
+    slot: jnp.ndarray,  # [] int32
+) -> jnp.ndarray:
+    """buffer with buffer[layer_index, :, :, slot:slot + T] = new (transposed to [B, K, T, Dh]).
+
+    Only the T new slots are written: inside the layer scan and the decode loop the buffer is
+    loop state, so XLA updates it in place rather than copying the cache.
+    """
+    update = jnp.swapaxes(new, 1, 2)[None].astype(buffer.dtype)  # [1, B, K, T, Dh]
+    zero = jnp.zeros((), jnp.int32)
+    return jax.lax.dynamic_update_slice(
+        buffer, update, (layer_index, zero, zero, slot, zero)
+    )
+
+
+def _layer_slice(buffer: jnp.ndarray, layer_index: jnp.ndarray) -> jnp.ndarray:
+    """buffer[layer_index]: [L, B, K, S, Dh] -> [B, K, S, Dh]."""
+    return jax.lax.dynamic_index_in_dim(buffer, layer_index, axis=0, keepdims=False)
 
 
 class MLP(nn.Module):
@@ -181,35 +207,42 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """One pre-norm block; the scan body. Returns (h, layer_cache)."""
+    """One pre-norm block; the scan body.
+
+    The carry is (h [B, T, D], cache): the whole-model cache {k, v: [L, B, K, S, Dh]} (or None)
+    travels through the layer scan as loop state, and layer `layer_index` (the scanned input)
+    writes only its own new slots, so a decode step never rewrites the cache.
+    """
 
     config: ModelConfig
 
     @nn.compact
     def __call__(
         self,
-        h: jnp.ndarray,  # [B, T, D]
-        layer_cache: dict[str, jnp.ndarray] | None,
+        carry: tuple[jnp.ndarray, dict[str, jnp.ndarray] | None],
+        layer_index: jnp.ndarray,  # [] int32
         cos: jnp.ndarray,
         sin: jnp.ndarray,
         key_valid: jnp.ndarray,
         cache_index: jnp.ndarray | None,
-    ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray] | None]:
+    ) -> tuple[tuple[jnp.ndarray, dict[str, jnp.ndarray] | None], None]:
         c = self.config
+        h, cache = carry  # h: [B, T, D]
         norm = dict(eps=c.norm_eps, dtype=c.dtype, param_dtype=c.param_dtype)
-        attn_out, layer_cache = Attention(c, name="self_attn")(
-            RMSNorm(**norm, name="input_norm")(h), cos, sin, key_valid, cache_index, layer_cache
+        attn_out, cache = Attention(c, name="self_attn")(
+            RMSNorm(**norm, name="input_norm")(h), cos, sin, key_valid, cache_index, cache,
+            layer_index,
         )
         h = h + attn_out
         h = h + MLP(c, name="mlp")(RMSNorm(**norm, name="post_attention_norm")(h))
         h = nn.with_logical_constraint(h, ("batch", "length", "embed"))
-        return h, layer_cache
+        return (h, cache), None
 
 
 class Decoder(nn.Module):
     """Token ids -> final-normed hidden states [B, T, D] (and the updated cache, if any).
 
-    `cache` here is the per-layer part {k, v: [L, B, S, K, Dh]}; the caller (see `model.py`)
+    `cache` here is the per-layer part {k, v: [L, B, K, S, Dh]}; the caller (see `model.py`)
     handles slot bookkeeping and passes `key_valid` [B, S] and `cache_index`.
     """
 
@@ -234,6 +267,7 @@ class Decoder(nn.Module):
             layer_cls,
             variable_axes={"params": 0},
             split_rngs={"params": True},
+            # Scanned: the layer index; broadcast: cos, sin, key_valid, cache_index.
             in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
             length=c.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
@@ -256,5 +290,8 @@ class Decoder(nn.Module):
         h = self.embed(tokens)  # [B, T, D]
         h = nn.with_logical_constraint(h, ("batch", "length", "embed"))
         cos, sin = rope_cos_sin(self.config, positions)
-        h, layers_cache = self.layers(h, layers_cache, cos, sin, key_valid, cache_index)
+        layer_indices = jnp.arange(self.config.num_layers, dtype=jnp.int32)  # [L]
+        (h, layers_cache), _ = self.layers(
+            (h, layers_cache), layer_indices, cos, sin, key_valid, cache_index
+        )
         return self.final_norm(h), layers_cache
