@@ -19,7 +19,8 @@ Sections and keys (see each module for the meaning of its section)::
     mesh:       data, fsdp, tensor (-1: the rest)     sharding: logical_axis_rules
     checkpoint: save_every_steps, keep_last, async_save (dir: <workdir>/checkpoints)
     eval:       every_steps (0: only at the end), num_prompts, samples_per_prompt,
-                temperature, top_p, max_new_tokens, at_start
+                temperature, top_p, max_new_tokens, at_start, task (default: the training
+                task) and task_options, evaluated on its ``task.eval_split``
     logging:    tensorboard, wandb, wandb_project, num_sample_texts
 """
 
@@ -100,6 +101,8 @@ def base_config() -> ml_collections.ConfigDict:
         "temperature": 1.0,
         "top_p": 1.0,
         "max_new_tokens": placeholder(int),
+        "task": "",
+        "task_options": ml_collections.ConfigDict(),
     })
     config.logging = ml_collections.ConfigDict({
         "tensorboard": True,
@@ -119,7 +122,7 @@ def flat_keys(config: Mapping[str, Any], prefix: str = "") -> list[str]:
     keys = []
     for key, value in config.items():
         path = f"{prefix}{key}"
-        if _is_section(value) and key != "options" and len(value):
+        if _is_section(value) and not key.endswith("options") and len(value):
             keys.extend(flat_keys(value, path + "."))
         else:
             keys.append(path)

@@ -14,6 +14,7 @@ On the same command on every host of a TPU pod or GPU cluster it runs multi-cont
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -89,15 +90,19 @@ def run(config: Any, workdir: str) -> dict[str, float]:
         tuple(int(i) for i in eos_ids), int(pad_id),
     )
     stream = rollout.PromptStream(task, config.task.train_split, config.seed)
-    eval_examples = task.examples(config.task.eval_split, seed=config.seed,
-                                  n=int(config.eval.num_prompts))
+    eval_task = task
+    if config.eval.task:
+        eval_task = rewards.get_task(config.eval.task, **config.eval.task_options.to_dict())
+    eval_sampler = dataclasses.replace(sampler, task=eval_task)
+    eval_examples = eval_task.examples(config.task.eval_split, seed=config.seed,
+                                       n=int(config.eval.num_prompts))
     eval_tokens = int(config.eval.max_new_tokens or config.rollout.max_new_tokens)
     rollout_key = jax.random.fold_in(jax.random.key(config.seed), 1)
     eval_key = jax.random.fold_in(jax.random.key(config.seed), 2)
 
     def run_eval(step: int, log: run_logging.RunLogger) -> dict[str, float]:
         results, groups = evaluation.evaluate(
-            sampler, state.params, eval_examples, eval_key, config.eval, eval_tokens,
+            eval_sampler, state.params, eval_examples, eval_key, config.eval, eval_tokens,
             batch_prompts=int(config.rollout.prompts_per_step))
         scalars = {f"eval/{k}": v for k, v in results.items()}
         log.scalars(step, scalars)
@@ -158,6 +163,7 @@ def run(config: Any, workdir: str) -> dict[str, float]:
                           file=sys.stderr)
                     break
     task.close()
+    eval_task.close()
     if main_process:
         history = run_logging.read_metrics(os.path.join(workdir, "metrics.jsonl"))
         print(run_logging.summary_table(history))

@@ -1,0 +1,53 @@
+"""ProGRPO (ARM) on Qwen2.5-7B with DAPO-Math-17k, evaluated on AIME; GRPO and DAPO baselines.
+
+    python -m rlvr_jax.train --config=configs/progrpo_qwen25_7b_dapo.py:progrpo \\
+        --config.model.name=/path/to/Qwen2.5-7B \\
+        --config.task.options.manual_dir=/path/to/dapo_math --workdir=gs://bucket/progrpo
+
+Needs the user's own weights (an HF directory) and data files (see
+``rlvr_jax/data/tfds_builders.py`` for where to get them and their names). The rollout, loss
+and optimizer settings are DAPO's published ones (Yu et al., 2025: 512 prompts x 16 responses,
+16 updates per rollout, lr 1e-6, clip 0.2/0.28, token-mean loss, 20k-token responses with a
+4k overlong buffer). ProGRPO's own hyper-parameters are not published beyond these: ARM's
+``alpha`` is the spec default 1.0, meant to be swept (``configs/sweeps/progrpo_alpha.py``).
+"""
+
+from rlvr_jax.config import base_config
+from rlvr_jax.recipes import apply_variant
+
+VARIANTS = ("progrpo", "grpo", "dapo")
+
+
+def get_config(variant: str = "progrpo"):
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; this recipe has {VARIANTS}")
+    config = base_config()
+    config.total_steps = 500
+    config.model.name = "qwen2.5-7b"
+    config.model.dtype = "bfloat16"
+    config.model.remat_policy = "full"
+    config.task.name = "dapo_math"
+    config.task.options = {"data_dir": "~/tensorflow_datasets"}
+    config.eval.task = "aime"
+    config.eval.task_options = {"data_dir": "~/tensorflow_datasets"}
+    config.eval.num_prompts = 30
+    config.eval.samples_per_prompt = 32
+    config.eval.top_p = 0.7
+    config.eval.every_steps = 10
+    config.rollout.prompts_per_step = 512
+    config.rollout.group_size = 16
+    config.rollout.max_prompt_len = 2048
+    config.rollout.max_new_tokens = 20480
+    config.rollout.prompt_bucket = 256
+    config.rollout.length_bucket = 1024
+    config.step.mini_batches = 16
+    config.step.micro_batches = 64
+    config.optim.learning_rate = 1e-6
+    config.optim.weight_decay = 0.1
+    config.optim.warmup_steps = 10
+    config.checkpoint.save_every_steps = 20
+    apply_variant(config, variant)
+    if variant in ("progrpo", "dapo"):  # same DAPO rollouts, so the comparison isolates ARM
+        config.rollout.dynamic_sampling = True
+        config.rollout.overlong_buffer = 4096
+    return config
