@@ -230,3 +230,29 @@ def test_bad_inputs_raise_clear_errors():
     cache = models.init_cache(config, 1, 2)
     with pytest.raises(ValueError, match="KV cache overflow"):
         models.forward(config, params, jnp.zeros((1, 3), jnp.int32), cache=cache)
+
+
+def test_cache_layout_holds_layer_values_heads_before_slots():
+    """cache["v"][0] is layer 0's value projection, re-derived in NumPy, at [b, kv_head, slot]."""
+    config = CONFIGS["qwen2"]
+    params = _random_params(config, seed=7)
+    tokens, mask = _left_padded_batch(np.random.default_rng(3), [4, 2], 4)
+    cache = models.init_cache(config, 2, 6)
+    L, K, Dh = config.num_layers, config.num_kv_heads, config.head_dim
+    assert cache["k"].shape == cache["v"].shape == (L, 2, K, 6, Dh)
+    _, cache = forward_jit(config, params, jnp.asarray(tokens), attention_mask=jnp.asarray(mask),
+                           cache=cache)
+
+    layer = jax.tree.map(lambda x: np.asarray(x[0]), params["layers"])
+    x = np.asarray(params["embed"]["embedding"])[tokens]  # [B, T, D]
+    normed = x / np.sqrt(np.mean(x * x, -1, keepdims=True) + config.norm_eps)
+    normed = normed * layer["input_norm"]["scale"]
+    v_proj = layer["self_attn"]["v_proj"]
+    values = np.einsum("btd,dkh->bkth", normed, v_proj["kernel"]) + v_proj["bias"][:, None]
+    got = np.asarray(cache["v"][0])  # [B, K, S, Dh]
+    for b, n in enumerate([4, 2]):
+        real = slice(4 - n, 4)
+        np.testing.assert_allclose(got[b, :, real], values[b, :, real], atol=1e-5, rtol=1e-5)
+    np.testing.assert_array_equal(got[:, :, 4:], 0.0)  # slots not yet written
+    assert np.asarray(cache["valid"]).tolist() == [[True] * 4 + [False] * 2,
+                                                   [False, False, True, True, False, False]]
