@@ -21,8 +21,8 @@ A cache is the dict {"k", "v": [L, B, K, S, Dh], "valid": [B, S] bool, "index": 
 Slot s of row b holds a real token iff valid[b, s]; `index` is the next slot to write and is
 shared by the batch (left padding keeps rows aligned). Keys and values are stored heads
 before slots, the layout attention reads, and a call writes only its T new slots of each
-layer (in place when the cache is loop state, e.g. in a `lax.while_loop` decode), so a decode
-step costs the weights plus one read of the cache, not a copy of it.
+layer (in place when the cache is loop state, e.g. in a `lax.while_loop` decode): a decode
+step reads the weights and the cache but never rewrites the cache.
 
 1. `cache = init_cache(config, B, S)`: all slots empty, index 0.
 2. Prefill: `logits, cache = forward(config, params, prompt, attention_mask=prompt_mask,
