@@ -20,7 +20,7 @@ from rlvr_jax.recipes import apply_variant
 def get_config(variant: str = "grpo"):
     config = base_config()
     config.seed = 0
-    config.total_steps = 30
+    config.total_steps = 20
     config.model.name = "smollm2-135m-instruct"
     config.task.name = "basic_arithmetic"
     config.task.options = {"answer_format": "last_number", "min_terms": 2, "max_terms": 2,

@@ -316,7 +316,7 @@ def _generate_bucketed(
     )  # [B, P, D]
     logits = jnp.repeat(_last_logits(hidden, unembedding), G, axis=0)  # [N, V]
     cache = {
-        "k": jnp.repeat(cache["k"], G, axis=1),  # [layers, N, P + L, K, Dh]
+        "k": jnp.repeat(cache["k"], G, axis=1),  # [layers, N, K, P + L, Dh]
         "v": jnp.repeat(cache["v"], G, axis=1),
         "valid": jnp.repeat(cache["valid"], G, axis=0),  # [N, P + L]
         "index": cache["index"],
