@@ -83,6 +83,11 @@ def to_host(x: jax.Array) -> np.ndarray:
     return np.asarray(x)
 
 
+_ARRAY_FIELDS = ("completion_tokens", "completion_mask", "sampler_policy_logp", "sampling_logp",
+                 "sampling_entropy", "truncated_mass", "rewards")  # leading axis B
+_LIST_FIELDS = ("examples", "prompt_ids", "texts", "answers")  # B entries
+
+
 @dataclasses.dataclass
 class Groups:
     """``B`` prompts with ``G`` completions each, on the host."""
@@ -102,31 +107,23 @@ class Groups:
     crashes: int = 0
 
     def select(self, rows: np.ndarray) -> Groups:
-        pick = lambda xs: [xs[int(r)] for r in rows]  # noqa: E731
+        """The groups at ``rows`` (indices into the B prompts)."""
         return dataclasses.replace(
-            self, examples=pick(self.examples), prompt_ids=pick(self.prompt_ids),
-            completion_tokens=self.completion_tokens[rows],
-            completion_mask=self.completion_mask[rows],
-            sampler_policy_logp=self.sampler_policy_logp[rows],
-            sampling_logp=self.sampling_logp[rows],
-            sampling_entropy=self.sampling_entropy[rows],
-            truncated_mass=self.truncated_mass[rows], texts=pick(self.texts),
-            rewards=self.rewards[rows], answers=pick(self.answers),
+            self, **{name: getattr(self, name)[rows] for name in _ARRAY_FIELDS},
+            **{name: [getattr(self, name)[int(r)] for r in rows] for name in _LIST_FIELDS},
         )
 
     @staticmethod
     def concatenate(parts: list[Groups]) -> Groups:
-        first = parts[0]
+        if len(parts) == 1:
+            return parts[0]
         join = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
         chain = lambda name: [x for p in parts for x in getattr(p, name)]  # noqa: E731
         return Groups(
-            examples=chain("examples"), prompt_ids=chain("prompt_ids"),
-            completion_tokens=join("completion_tokens"), completion_mask=join("completion_mask"),
-            sampler_policy_logp=join("sampler_policy_logp"), sampling_logp=join("sampling_logp"),
-            sampling_entropy=join("sampling_entropy"), truncated_mass=join("truncated_mass"),
-            texts=chain("texts"), rewards=join("rewards"), answers=chain("answers"),
+            **{name: join(name) for name in _ARRAY_FIELDS},
+            **{name: chain(name) for name in _LIST_FIELDS},
             timeouts=sum(p.timeouts for p in parts), crashes=sum(p.crashes for p in parts),
-        ) if len(parts) > 1 else first
+        )
 
 
 @dataclasses.dataclass(frozen=True)

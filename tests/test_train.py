@@ -178,3 +178,24 @@ def test_validate_names_bad_values():
     config.step.micro_batches = 16
     with pytest.raises(ValueError, match="do not split"):
         config_lib.validate(config)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["dapo", "lens", "asym_grpo", "reinforce_pp"])
+def test_other_variants_run_end_to_end(tmp_path, model_dir, variant):
+    toy.register()
+    config = toy.toy_config(model_dir)
+    recipes.apply_variant(config, variant)
+    config.total_steps = 3
+    config.rollout.max_sampling_rounds = 2
+    config.logging.tensorboard = False
+    last = train.run(config, str(tmp_path / variant))
+    rows = [row for row in read_metrics(tmp_path / variant) if "train/reward_mean" in row]
+    assert [row["step"] for row in rows] == [1, 2, 3]
+    for row in rows:
+        assert all(np.isfinite(v) for k, v in row.items() if k.startswith(("train/", "update/")))
+        if variant == "dapo":  # dynamic sampling: rounds bounded, kept groups counted
+            assert 1 <= row["train/sampling_rounds"] <= 2
+            assert 0 <= row["train/mixed_groups_kept"] <= config.rollout.prompts_per_step
+            assert row["train/shaped_reward_mean"] <= row["train/reward_mean"]
+    assert "eval/pass@1" in last
