@@ -36,6 +36,8 @@ EXTRAS_REQUIRE = {
         "accelerate>=1.0,<2",
         "ruff>=0.6",
     ],
+    # transformers reads the tokenizer embedded in a GGUF file (the default SmolLM2) with torch.
+    "gguf": ["torch==2.13.0"],
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],
     "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
     "wandb": ["wandb>=0.17"],

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from typing import Any
@@ -39,6 +40,11 @@ def load_tokenizer(
     if path.endswith(".gguf"):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"GGUF file not found: {path}")
+        if importlib.util.find_spec("torch") is None:
+            raise ImportError(
+                f"reading the tokenizer embedded in {path} needs PyTorch (transformers' GGUF "
+                "reader uses it): pip install 'rlvr_jax[gguf]'"
+            )
         tokenizer = transformers.AutoTokenizer.from_pretrained(
             os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path)
         )
