@@ -311,3 +311,15 @@ def test_sentencepiece_model_ids_equal_sentencepiece(tmp_path):
         assert tokenizer.encode(text, add_special_tokens=False) == expected
         assert from_dir.encode(text, add_special_tokens=False) == expected
     assert tokenizer.eos_token_id == processor.eos_id()
+
+
+def test_gguf_tokenizer_without_torch_names_the_extra(tmp_path, monkeypatch):
+    import importlib.util
+
+    path = tmp_path / "model.gguf"
+    path.write_bytes(b"GGUF")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torch" else real_find_spec(name, *a))
+    with pytest.raises(ImportError, match=r"rlvr_jax\[gguf\]"):
+        models.load_tokenizer(str(path))
