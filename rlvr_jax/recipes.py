@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from rlvr_jax.config import base_config
+
 VARIANTS: dict[str, dict[str, Any]] = {
     "grpo": {"advantage.estimator": "grpo", "loss.aggregation": "seq_mean_token_mean"},
     "dr_grpo": {"advantage.estimator": "dr_grpo", "loss.aggregation": "seq_sum_over_max_len"},
@@ -53,4 +55,38 @@ def apply_variant(config: Any, variant: str | None) -> Any:
             value = max(1, int(config.rollout.max_new_tokens) // 4)
         section, key = path.split(".")
         config[section][key] = dict(value) if isinstance(value, dict) else value
+    return config
+
+
+def math_rl_config(model: str, task: str, eval_task: str, *, steps: int = 300) -> Any:
+    """A math RL run on a mid-size model with DAPO-style settings (bf16 compute, full remat,
+    128 prompts x 8 responses, 4k-token responses, 4 updates per rollout, lr 1e-6).
+
+    ``model`` is a preset name (users pass their checkpoint directory as ``model.name``);
+    ``task`` and ``eval_task`` are TFDS-backed task names sharing ``~/tensorflow_datasets``.
+    """
+    config = base_config()
+    config.total_steps = steps
+    config.model.name = model
+    config.model.dtype = "bfloat16"
+    config.model.remat_policy = "full"
+    config.task.name = task
+    config.task.options = {"data_dir": "~/tensorflow_datasets"}
+    config.eval.task = eval_task
+    config.eval.task_options = {"data_dir": "~/tensorflow_datasets"}
+    config.eval.num_prompts = 500
+    config.eval.samples_per_prompt = 8
+    config.eval.every_steps = 20
+    config.rollout.prompts_per_step = 128
+    config.rollout.group_size = 8
+    config.rollout.max_prompt_len = 1024
+    config.rollout.max_new_tokens = 4096
+    config.rollout.prompt_bucket = 128
+    config.rollout.length_bucket = 512
+    config.step.mini_batches = 4
+    config.step.micro_batches = 16
+    config.optim.learning_rate = 1e-6
+    config.optim.weight_decay = 0.1
+    config.optim.warmup_steps = 10
+    config.checkpoint.save_every_steps = 20
     return config
