@@ -76,6 +76,7 @@ def run(config: Any, workdir: str) -> dict[str, float]:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
 
     tx = optimizer_lib.make_optimizer(config.optim)
+    schedule = optimizer_lib.learning_rate_schedule(config.optim)
     state, shardings = train_step_lib.create_train_state(
         model_config, tx, jax.random.key(config.seed), mesh, rules, params=params)
     reference = None
@@ -142,8 +143,8 @@ def run(config: Any, workdir: str) -> dict[str, float]:
                 scalars |= {
                     "time/step_seconds": seconds, "time/rollout_seconds": rollout_seconds,
                     "time/tokens_per_second": stats["tokens"] / seconds,
-                    "update/learning_rate": float(optimizer_lib.learning_rate_schedule(
-                        config.optim)(step * config.step.mini_batches * config.step.epochs)),
+                    "update/learning_rate": float(
+                        schedule(step * config.step.mini_batches * config.step.epochs)),
                 }
                 log.scalars(step + 1, scalars)
                 log.texts(step + 1, _sample_texts(groups, int(config.logging.num_sample_texts)))

@@ -167,7 +167,7 @@ def _check_batch(batch: Mapping[str, Any], loss: Mapping[str, Any], step: Mappin
         raise ValueError("loss.kl_coef > 0 needs batch['ref_logp'] (reference log-probs)")
     N, T = batch["tokens"].shape
     L = batch["response_mask"].shape[-1]
-    for key, shape in (("attention_mask", (N, T)), ("old_logp", (N, L)), ("response_mask", (N, L))):
+    for key, shape in (("attention_mask", (N, T)), ("old_logp", (N, L))):
         if tuple(batch[key].shape) != shape:
             raise ValueError(f"batch['{key}'] has shape {batch[key].shape}, expected {shape}")
     if L >= T:

@@ -21,11 +21,9 @@ import functools
 import logging
 from collections.abc import Sequence
 
-import numpy as np
-
 from rlvr_jax.rewards.extraction import extract_answer
-from rlvr_jax.rewards.pool import OK, TimeoutPool
-from rlvr_jax.rewards.report import NO_ANSWER, ScoreReport
+from rlvr_jax.rewards.pooled import PooledScorer
+from rlvr_jax.rewards.report import ScoreReport
 
 
 def _strip_math_delimiters(answer: str) -> str:
@@ -79,36 +77,21 @@ class MathVerifier:
     def __init__(
         self, num_workers: int = 2, timeout_s: float = 5.0, memory_limit_bytes: int = 4 << 30
     ):
-        self._pool_args = dict(
+        self._scorer = PooledScorer(
+            math_equivalent,
             num_workers=num_workers,
             timeout_s=timeout_s,
             memory_limit_bytes=memory_limit_bytes,
             preload=("math_verify", "rlvr_jax.rewards.math_verifier"),
         )
-        self._pool: TimeoutPool | None = None
 
     def score(self, completions: Sequence[str], golds: Sequence[str]) -> ScoreReport:
         """Score each completion against its gold answer: rewards ``[N]`` float32 in {0, 1}."""
         if len(completions) != len(golds):
             raise ValueError(f"{len(completions)} completions but {len(golds)} gold answers")
         answers = [extract_answer(completion) for completion in completions]
-        to_verify = [i for i, answer in enumerate(answers) if answer is not None]
-        statuses = [NO_ANSWER] * len(completions)
-        rewards = np.zeros(len(completions), np.float32)  # [N]
-        if to_verify:
-            if self._pool is None:
-                self._pool = TimeoutPool(**self._pool_args)
-            outcomes = self._pool.map(
-                math_equivalent, [(answers[i], str(golds[i])) for i in to_verify]
-            )
-            for index, outcome in zip(to_verify, outcomes, strict=True):
-                statuses[index] = outcome.status
-                if outcome.status == OK:
-                    rewards[index] = outcome.value
-        return ScoreReport(rewards, tuple(statuses))
+        return self._scorer.score(answers, [str(gold) for gold in golds])
 
     def close(self) -> None:
         """Stop the worker processes (they restart on the next ``score``)."""
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        self._scorer.close()

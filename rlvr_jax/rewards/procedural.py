@@ -18,11 +18,9 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-
 from rlvr_jax.rewards.extraction import extract_answer
-from rlvr_jax.rewards.pool import OK, TimeoutPool
-from rlvr_jax.rewards.report import NO_ANSWER, ScoreReport
+from rlvr_jax.rewards.pooled import PooledScorer
+from rlvr_jax.rewards.report import ScoreReport
 
 _NUMBER = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
 ANSWER_SHAPES: dict[str, re.Pattern] = {
@@ -60,35 +58,20 @@ class ProceduralVerifier:
         extract: Callable[[str], str | None] = extract_answer,
     ):
         self._extract = extract
-        self._pool_args = dict(
+        self._scorer = PooledScorer(
+            binary_procedural_score,
             num_workers=num_workers,
             timeout_s=timeout_s,
             preload=("reasoning_gym", "rlvr_jax.rewards.procedural"),
         )
-        self._pool: TimeoutPool | None = None
 
     def score(self, completions: Sequence[str], entries: Sequence[dict]) -> ScoreReport:
         """Rewards ``[N]`` float32 in {0, 1} for completions against reasoning-gym entries."""
         if len(completions) != len(entries):
             raise ValueError(f"{len(completions)} completions but {len(entries)} entries")
         answers = [self._extract(completion) for completion in completions]
-        to_score = [i for i, answer in enumerate(answers) if answer is not None]
-        statuses = [NO_ANSWER] * len(completions)
-        rewards = np.zeros(len(completions), np.float32)  # [N]
-        if to_score:
-            if self._pool is None:
-                self._pool = TimeoutPool(**self._pool_args)
-            outcomes = self._pool.map(
-                binary_procedural_score, [(answers[i], entries[i]) for i in to_score]
-            )
-            for index, outcome in zip(to_score, outcomes, strict=True):
-                statuses[index] = outcome.status
-                if outcome.status == OK:
-                    rewards[index] = outcome.value
-        return ScoreReport(rewards, tuple(statuses))
+        return self._scorer.score(answers, list(entries))
 
     def close(self) -> None:
         """Stop the worker processes (they restart on the next ``score``)."""
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        self._scorer.close()
