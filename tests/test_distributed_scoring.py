@@ -1,0 +1,160 @@
+"""Tests for rlvr_jax.rewards.distributed: the split arithmetic, the one-process identity, and a
+real two-process run (tests/multidevice/distributed_scoring_checks.py) over jax.distributed."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlvr_jax.rewards.distributed import encode_statuses, process_slice, score_across_processes
+
+SCRIPT_DIR = Path(__file__).parent / "multidevice"
+sys.path.insert(0, str(SCRIPT_DIR))
+import distributed_scoring_checks as checks  # noqa: E402
+
+# ---- split arithmetic --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("num_items", "count", "expected"),
+    [
+        (7, 2, [(0, 4), (4, 7)]),
+        (8, 4, [(0, 2), (2, 4), (4, 6), (6, 8)]),
+        (10, 4, [(0, 3), (3, 6), (6, 8), (8, 10)]),
+        (2, 3, [(0, 1), (1, 2), (2, 2)]),
+        (0, 3, [(0, 0), (0, 0), (0, 0)]),
+        (5, 1, [(0, 5)]),
+    ],
+)
+def test_process_slice_hand_worked_cases(num_items, count, expected):
+    slices = [process_slice(num_items, p, count) for p in range(count)]
+    assert [(s.start, s.stop) for s in slices] == expected
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5, 8])
+def test_process_slices_partition_the_items_evenly(count):
+    for num_items in range(0, 40):
+        sizes, covered = [], []
+        for p in range(count):
+            rows = process_slice(num_items, p, count)
+            sizes.append(rows.stop - rows.start)
+            covered.extend(range(num_items)[rows])
+        assert covered == list(range(num_items))  # disjoint, contiguous, in process order
+        assert max(sizes) - min(sizes) <= 1
+        assert sizes == sorted(sizes, reverse=True)  # the larger shares come first
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [((4, 2, 2), "process_index=2"), ((4, -1, 2), "process_index=-1"),
+     ((4, 0, 0), "process_count=0"), ((-1, 0, 2), "num_items=-1")],
+)
+def test_process_slice_rejects_bad_arguments(args, message):
+    with pytest.raises(ValueError, match=message):
+        process_slice(*args)
+
+
+def test_encode_statuses_round_trip_and_unknown_status():
+    statuses = ("ok", "timeout", "no_answer", "crash", "ok")
+    codes = encode_statuses(statuses)
+    assert codes.dtype == np.int32 and codes.shape == (5,)
+    assert len(set(codes.tolist())) == 4
+    with pytest.raises(ValueError, match=r"unknown score statuses.*'maybe'"):
+        encode_statuses(("ok", "maybe"))
+
+
+# What checks.judge gives the seven items of checks.COMPLETIONS / checks.ANSWERS, by hand.
+HAND_REWARDS = [1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0]
+HAND_STATUSES = ("ok", "ok", "timeout", "ok", "no_answer", "crash", "ok")
+
+# ---- one process -------------------------------------------------------------------------
+
+
+def test_one_process_is_exactly_score_report():
+    calls: list[list[str]] = []
+    task = checks.recording_task(calls)
+    report = score_across_processes(task, list(checks.COMPLETIONS), checks.examples())
+    assert calls == [[f"item{i}" for i in range(7)]]  # one verifier call over every item
+    np.testing.assert_array_equal(report.rewards, HAND_REWARDS)
+    assert report.statuses == HAND_STATUSES
+    assert (report.timeouts, report.crashes, report.no_answer) == (1, 1, 1)
+    assert (task.timeouts, task.crashes) == (1, 1)
+
+
+def test_mismatched_lengths_are_rejected():
+    task = checks.recording_task([])
+    with pytest.raises(ValueError, match="2 completions but 1 examples"):
+        score_across_processes(task, ["a", "b"], checks.examples()[:1])
+
+
+# ---- two processes -----------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_process_results():
+    port = _free_port()
+    children = []
+    for process_id in range(2):
+        env = dict(os.environ)
+        env.update(
+            JAX_PLATFORMS="cpu",
+            JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+            JAX_NUM_PROCESSES="2",
+            JAX_PROCESS_ID=str(process_id),
+            PYTHONPATH=os.pathsep.join([str(SCRIPT_DIR), *sys.path]),
+        )
+        env.pop("XLA_FLAGS", None)
+        children.append(subprocess.Popen(
+            [sys.executable, str(SCRIPT_DIR / "distributed_scoring_checks.py")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        ))
+    results = []
+    for child in children:
+        stdout, stderr = child.communicate(timeout=300)
+        assert child.returncode == 0, stderr[-5000:]
+        results.append(json.loads(stdout.strip().splitlines()[-1]))
+    return results
+
+
+@pytest.mark.multidevice
+def test_two_processes_score_disjoint_slices_and_share_the_full_report(two_process_results):
+    direct = checks.recording_task([]).score_report(list(checks.COMPLETIONS), checks.examples())
+    np.testing.assert_array_equal(direct.rewards, HAND_REWARDS)
+    ids = [f"item{i}" for i in range(7)]
+    for process_id, result in enumerate(two_process_results):
+        assert result["initialized"]
+        assert (result["process_index"], result["process_count"]) == (process_id, 2)
+    seven = [result["seven"] for result in two_process_results]
+    assert seven[0]["calls"] == [ids[:4]]  # 7 items: process 0 scores 4, process 1 scores 3
+    assert seven[1]["calls"] == [ids[4:]]
+    for case in seven:
+        np.testing.assert_array_equal(np.asarray(case["rewards"], np.float32), direct.rewards)
+        assert tuple(case["statuses"]) == direct.statuses
+        assert case["report_counts"] == [1, 1, 1]  # global counts in the returned report
+    # The task totals count each process's own items: the timeout is item 2, the crash item 5.
+    assert seven[0]["task_totals"] == [1, 0]
+    assert seven[1]["task_totals"] == [0, 1]
+
+
+@pytest.mark.multidevice
+def test_two_processes_with_fewer_items_than_processes(two_process_results):
+    one = [result["one"] for result in two_process_results]
+    assert one[0]["calls"] == [["item0"]]
+    assert one[1]["calls"] == []  # an empty share never reaches the verifier
+    for case in one:
+        assert case["rewards"] == [1.0] and case["statuses"] == ["ok"]
+    for result in two_process_results:
+        assert result["zero"]["calls"] == [] and result["zero"]["rewards"] == []
