@@ -34,6 +34,7 @@ from jax.experimental import multihost_utils
 
 from rlvr_jax import advantages, metrics, models, sampling, shaping
 from rlvr_jax.data.sampling import epoch_order
+from rlvr_jax.rewards.mixture import MixtureTask
 
 Batch = dict[str, np.ndarray]
 
@@ -188,7 +189,8 @@ class Sampler:
             sampler_policy_logp=host["policy_logprobs"], sampling_logp=host["sampling_logprobs"],
             sampling_entropy=host["sampling_entropy"], truncated_mass=host["truncated_mass"],
             texts=texts, rewards=np.asarray(report.rewards, np.float32).reshape(B, G),
-            answers=[[self.task.extract_answer(t) for t in group] for group in texts],
+            answers=[[self.task.extract_answer(t, example) for t in group]
+                     for group, example in zip(texts, examples, strict=True)],
             timeouts=report.timeouts, crashes=report.crashes,
         )
 
@@ -308,6 +310,8 @@ def collect(
         "mixed_groups_kept": float(min(num_mixed, B)),
         "tokens": float(valid.sum() + np.asarray(batch["attention_mask"][:, :P]).sum()),
     }
+    if isinstance(sampler.task, MixtureTask):
+        out.update(sampler.task.group_metrics(groups.examples, groups.rewards))
     return batch, out, groups
 
 

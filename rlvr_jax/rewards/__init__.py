@@ -10,7 +10,7 @@ The interface the RL loop uses::
     prompts = [task.format_prompt(ex, tokenizer) for ex in examples]  # chat-formatted strings
     rewards_ = task.score(completions, examples)     # np.ndarray [N] float32 in {0, 1}
     report = task.score_report(completions, examples)  # .rewards, .statuses, .timeouts, ...
-    task.extract_answer(completion)                  # final answer string (or code) or None
+    task.extract_answer(completion, example)         # final answer string (or code) or None
     task.timeouts, task.crashes                      # running totals over all score calls
 
 For ``B`` prompts with ``G`` completions each, pass the ``B * G`` completions with each
@@ -22,13 +22,18 @@ timeout; code runs in a sandbox (``sandbox.py`` lists the isolation layers). A t
 crash scores 0 and is counted. Rewards are binary; partial credit is not a correct answer.
 
 Task names: ``list_tasks()`` (see ``tasks.py``); ``register_task(name, factory)`` adds one.
+``mixture`` trains on several tasks at once, interleaved by weight (see ``mixture.py``).
 """
 
 from rlvr_jax.rewards.extraction import extract_answer, extract_boxed
+from rlvr_jax.rewards.mixture import MixtureTask, mixture_task
 from rlvr_jax.rewards.report import ScoreReport
 from rlvr_jax.rewards.tasks import Task, get_task, list_tasks, register_task
 
+register_task("mixture", mixture_task)
+
 __all__ = [
+    "MixtureTask",
     "ScoreReport",
     "Task",
     "extract_answer",
