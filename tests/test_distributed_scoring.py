@@ -103,20 +103,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def two_process_results():
+@pytest.fixture(scope="module", params=[1, 4], ids=["1_device_each", "4_devices_each"])
+def two_process_results(request):
+    """The JSON results of both processes, each with ``request.param`` CPU devices."""
     port = _free_port()
     children = []
     for process_id in range(2):
         env = dict(os.environ)
         env.update(
+            XLA_FLAGS=f"--xla_force_host_platform_device_count={request.param}",
             JAX_PLATFORMS="cpu",
             JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
             JAX_NUM_PROCESSES="2",
             JAX_PROCESS_ID=str(process_id),
             PYTHONPATH=os.pathsep.join([str(SCRIPT_DIR), *sys.path]),
         )
-        env.pop("XLA_FLAGS", None)
         children.append(subprocess.Popen(
             [sys.executable, str(SCRIPT_DIR / "distributed_scoring_checks.py")],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
