@@ -58,12 +58,20 @@ def apply_variant(config: Any, variant: str | None) -> Any:
     return config
 
 
-def math_rl_config(model: str, task: str, eval_task: str, *, steps: int = 300) -> Any:
+TFDS_DATA_DIR = "~/tensorflow_datasets"
+
+
+def math_rl_config(
+    model: str, task: str, eval_task: str, *, steps: int = 300,
+    task_options: dict[str, Any] | None = None,
+) -> Any:
     """A math RL run on a mid-size model with DAPO-style settings (bf16 compute, full remat,
     128 prompts x 8 responses, 4k-token responses, 4 updates per rollout, lr 1e-6).
 
     ``model`` is a preset name (users pass their checkpoint directory as ``model.name``);
-    ``task`` and ``eval_task`` are TFDS-backed task names sharing ``~/tensorflow_datasets``.
+    ``task`` and ``eval_task`` are TFDS-backed task names sharing ``TFDS_DATA_DIR``.
+    ``task_options`` replaces the training task's options (default ``{"data_dir":
+    TFDS_DATA_DIR}``), e.g. the ``components`` of a ``mixture``.
     """
     config = base_config()
     config.total_steps = steps
@@ -71,9 +79,9 @@ def math_rl_config(model: str, task: str, eval_task: str, *, steps: int = 300) -
     config.model.dtype = "bfloat16"
     config.model.remat_policy = "full"
     config.task.name = task
-    config.task.options = {"data_dir": "~/tensorflow_datasets"}
+    config.task.options = dict(task_options or {"data_dir": TFDS_DATA_DIR})
     config.eval.task = eval_task
-    config.eval.task_options = {"data_dir": "~/tensorflow_datasets"}
+    config.eval.task_options = {"data_dir": TFDS_DATA_DIR}
     config.eval.num_prompts = 500
     config.eval.samples_per_prompt = 8
     config.eval.every_steps = 20
