@@ -230,6 +230,18 @@ def test_lens_recipe_trains_on_math_and_dapo_math_and_evaluates_on_math500():
                    for c in components)
 
 
+def test_group_metrics_average_each_components_groups():
+    task = rewards.get_task("mixture", components=[
+        fake(3, 1, "a"), fake(3, 1, "b"), fake(3, 1, "c")])
+    examples = [{"id": i, "task": label} for i, label in enumerate("aba")]
+    group_rewards = np.asarray([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    assert task.group_metrics(examples, group_rewards) == {
+        "groups/a": 2.0, "reward_mean/a": 0.25,  # (1 + 1) / 8
+        "groups/b": 1.0, "reward_mean/b": 0.75,
+        "groups/c": 0.0,  # no groups this step: no mean
+    }
+
+
 @pytest.mark.slow
 def test_training_on_a_mixture_logs_each_components_reward_and_groups(tmp_path):
     sys.path.insert(0, str(ROOT / "tests" / "e2e"))

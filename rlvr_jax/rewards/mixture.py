@@ -17,8 +17,8 @@ identically):
    component fills its share and shows each of its examples at least once. Component ``k``
    gets ``c_k = floor(p_k * L)`` positions, plus one for each of the components with the
    largest remainders ``p_k * L - floor(p_k * L)`` (ties: the earlier component) until the
-   counts sum to ``L``; so ``|c_k - p_k * L| < 1`` and ``c_k >= n_k`` (exact rational
-   arithmetic, no rounding differences between hosts).
+   counts sum to ``L``; so ``|c_k - p_k * L| < 1`` and ``c_k >= n_k``. The arithmetic is
+   exact, on the weights read as the decimals they print as (``0.3`` is ``3/10``).
 3. The ``L`` component labels (``c_k`` copies of ``k``) are shuffled once by
    ``numpy.random.default_rng([seed, TAG]).permutation``.
 4. Position ``i`` holding label ``k`` is component ``k``'s slot ``j`` (the number of earlier
@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from typing import Any
@@ -90,7 +91,7 @@ def parse_components(components: Any) -> list[Component]:
         if name == "mixture":
             raise ValueError(f"{where}: mixtures do not nest; list the tasks directly")
         weight = entry["weight"]
-        if (isinstance(weight, bool) or not isinstance(weight, int | float)
+        if (isinstance(weight, bool) or not isinstance(weight, numbers.Real)
                 or not math.isfinite(weight) or weight <= 0):
             raise ValueError(f"{where} ({name}): 'weight' must be a number > 0, got {weight!r}")
         options = entry.get("options", {})
@@ -99,7 +100,7 @@ def parse_components(components: Any) -> list[Component]:
         label = entry.get("label", name)
         if not isinstance(label, str) or not label:
             raise ValueError(f"{where} ({name}): 'label' must be a non-empty string")
-        parsed.append(Component(label, name, Fraction(weight), dict(options)))
+        parsed.append(Component(label, name, Fraction(str(weight)), dict(options)))
     labels = [component.label for component in parsed]
     repeated = sorted({label for label in labels if labels.count(label) > 1})
     if repeated:
