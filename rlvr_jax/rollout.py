@@ -227,7 +227,11 @@ def collect(
     score: Callable[[Any, np.ndarray, np.ndarray], Any],
     reference_params: Any = None,
 ) -> tuple[Batch, dict[str, float], Groups]:
-    """One rollout: the train batch, its metrics, and the groups (for sample logging)."""
+    """One rollout: the train batch, its metrics, and the groups (for sample logging).
+
+    For a ``mixture`` task the metrics also hold ``reward_mean/<component>`` and
+    ``groups/<component>`` (see ``MixtureTask.group_metrics``).
+    """
     B, G = int(rollout["prompts_per_step"]), int(rollout["group_size"])
     strategy = strategy_from(rollout)
     kept: list[Groups] = []
