@@ -289,7 +289,10 @@ def _last_logits(hidden: jax.Array, unembedding: jax.Array) -> jax.Array:
     return jnp.einsum("nd,dv->nv", hidden[:, -1], unembedding, preferred_element_type=jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "strategy", "num_samples", "buffer_length"))
+@functools.partial(
+    jax.jit,
+    static_argnames=("config", "strategy", "num_samples", "buffer_length", "unstack_layers"),
+)
 def _generate_bucketed(
     params: Any,
     prompt_tokens: jax.Array,  # [B, P] left-padded, P a bucket size
@@ -304,6 +307,7 @@ def _generate_bucketed(
     strategy: SamplingStrategy,
     num_samples: int,
     buffer_length: int,
+    unstack_layers: bool,
 ) -> Generation:
     B, P = prompt_tokens.shape
     G, L = num_samples, buffer_length
@@ -342,9 +346,15 @@ def _generate_bucketed(
         step, _, _, done, _ = state
         return (step < max_new_tokens) & ~jnp.all(done)
 
+    # Per-layer weights and cache, copied once here rather than sliced out of [L, ...] arrays
+    # on every step.
+    decode_params = params
+    if unstack_layers:
+        decode_params, cache = models.unstack_layers(params), models.unstack_cache(cache)
+
     def decode(state):
         step, token, cache, done, outputs = state
-        hidden, cache = models.hidden_states(config, params, token[:, None], cache=cache)
+        hidden, cache = models.hidden_states(config, decode_params, token[:, None], cache=cache)
         token, done, outputs = sample_step(step, _last_logits(hidden, unembedding), done, outputs)
         return step + 1, token, cache, done, outputs
 
@@ -369,6 +379,7 @@ def generate(
     pad_id: int = 0,
     prompt_bucket: int = 64,
     length_bucket: int = 64,
+    unstack_layers: bool = True,
 ) -> Generation:
     """Samples ``num_samples`` completions for each left-padded prompt with a KV cache.
 
@@ -385,6 +396,12 @@ def generate(
     ``fold_in(sample_keys(key, prompt_ids, G)[b, g], t)``; ``prompt_ids`` default to
     ``arange(B)``. The parameters are the training parameters; pass sharded arrays to run on a
     mesh (the batch axis of the prompts sharded over data-parallel axes).
+
+    With ``unstack_layers`` (default) the decode loop runs the layers one by one on per-layer
+    copies of their weights and KV cache, made once per call (``models.unstack_layers``,
+    ``models.unstack_cache``): a scan over stacked ``[L, ...]`` arrays would copy each layer's
+    slices on every decode step. Pass ``False`` to save that copy's memory (one more set of
+    layer weights while generating).
     """
     if prompt_tokens.ndim != 2 or prompt_mask.shape != prompt_tokens.shape:
         raise ValueError(
@@ -430,5 +447,6 @@ def generate(
         strategy=strategy,
         num_samples=num_samples,
         buffer_length=buffer_length,
+        unstack_layers=unstack_layers,
     )
     return Generation(*(x[..., :max_new_tokens] for x in out[:-1]), lengths=out.lengths)

@@ -90,6 +90,18 @@ def test_replay_with_truncated_strategy(params, prompts):
     assert np.all(np.asarray(out.sampling_logprobs) <= 0.0)
 
 
+def test_unstacked_decode_equals_scanned_decode(params, prompts):
+    """The per-layer decode loop (default) and the layer scan sample the same completions."""
+    key = jax.random.key(11)
+    unstacked = generate(TINY, params, *prompts, key, max_new_tokens=12, **SHARED)
+    scanned = generate(TINY, params, *prompts, key, max_new_tokens=12, **SHARED,
+                       unstack_layers=False)
+    np.testing.assert_array_equal(unstacked.tokens, scanned.tokens)
+    np.testing.assert_array_equal(unstacked.mask, scanned.mask)
+    for name in ("sampling_logprobs", "policy_logprobs", "sampling_entropy", "truncated_mass"):
+        np.testing.assert_allclose(getattr(unstacked, name), getattr(scanned, name), atol=1e-5)
+
+
 def test_eos_mid_sequence_never_and_max_length(params, prompts):
     kwargs = dict(max_new_tokens=14, **SHARED)
     free = generate(TINY, params, *prompts, jax.random.key(4), eos_ids=(), **kwargs)

@@ -109,6 +109,45 @@ def test_cached_decoding_equals_full_forward_every_step(family):
         np.testing.assert_allclose(got, padded[:, prompt_len - 1 + t], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("family", sorted(CONFIGS))
+def test_unstacked_layers_and_cache_compute_the_same_function(family):
+    """Per-layer parameters and caches (the decode-loop form) against the scanned layers."""
+    config = CONFIGS[family]
+    params = _random_params(config, seed=7)
+    unstacked = models.unstack_layers(params)
+    assert "layers" not in unstacked
+    assert sorted(k for k in unstacked if k.startswith("layers_")) == [
+        f"layers_{i}" for i in range(config.num_layers)]
+    for i in range(config.num_layers):  # layer i holds slice i of every stacked parameter
+        jax.tree.map(lambda s, u, i=i: np.testing.assert_array_equal(s[i], u),
+                     params["layers"], unstacked[f"layers_{i}"])
+    rng = np.random.default_rng(4)
+    prompt, prompt_mask = _left_padded_batch(rng, [4, 2], 4)
+    nxt = jnp.asarray(rng.integers(1, 64, (2, 1)).astype(np.int32))
+
+    tokens, mask = jnp.asarray(prompt), jnp.asarray(prompt_mask)
+    np.testing.assert_allclose(forward_jit(config, unstacked, tokens, attention_mask=mask),
+                               forward_jit(config, params, tokens, attention_mask=mask),
+                               atol=1e-6, rtol=1e-6)
+
+    def prefill_then_decode(p, per_layer_cache):
+        cache = models.init_cache(config, 2, 6)
+        if per_layer_cache:
+            cache = models.unstack_cache(cache)
+        _, cache = forward_jit(config, p, tokens, attention_mask=mask, cache=cache)
+        logits, cache = forward_jit(config, p, nxt, cache=cache)
+        assert isinstance(cache["k"], tuple) == per_layer_cache  # the form it was given
+        k, v = (jnp.stack(cache[n]) if per_layer_cache else cache[n] for n in ("k", "v"))
+        return np.asarray(logits), np.asarray(k), np.asarray(v)
+
+    reference = prefill_then_decode(params, False)
+    for p, per_layer_cache in [(params, True), (unstacked, False), (unstacked, True)]:
+        for got, want in zip(prefill_then_decode(p, per_layer_cache), reference, strict=True):
+            np.testing.assert_allclose(got, want, atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="already unstacked"):
+        models.unstack_layers(unstacked)
+
+
 def test_decode_inside_while_loop_matches_python_loop():
     config = CONFIGS["qwen3"]
     params = _random_params(config, seed=5)

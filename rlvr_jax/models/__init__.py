@@ -16,6 +16,8 @@ from rlvr_jax.models.model import (
     init_params,
     param_logical_axes,
     unembedding,
+    unstack_cache,
+    unstack_layers,
 )
 from rlvr_jax.models.presets import PRESETS, get_preset
 from rlvr_jax.models.tokenizer import chat_prompt, load_tokenizer
@@ -38,4 +40,6 @@ __all__ = [
     "param_logical_axes",
     "save_hf",
     "unembedding",
+    "unstack_cache",
+    "unstack_layers",
 ]

@@ -37,6 +37,11 @@ i.e. `sum(cache.valid, 1) + cumsum(mask, 1) - 1`, clipped at 0. Without a cache 
 in the cached and uncached paths alike. Pass `positions` explicitly only to override this.
 Writing past slot S - 1 is an error when `index` is concrete; under `jit` the caller must size
 S ≥ P + number of decode steps.
+
+Decode loops: `unstack_layers(params)` and `unstack_cache(cache)` give the same parameters and
+cache as per-layer trees (`layers_i`) and tuples of L [B, K, S, Dh] arrays; the layers then run
+one by one instead of in a `lax.scan`, and no step copies a layer's weights or cache slice out
+of the stacked [L, ...] arrays. Every function here accepts both forms.
 """
 
 from __future__ import annotations
@@ -55,8 +60,47 @@ Params = dict[str, Any]
 Cache = dict[str, jnp.ndarray]
 
 
-def _module(config: ModelConfig) -> Decoder:
-    return Decoder(config)
+def _module(config: ModelConfig, unstacked: bool = False) -> Decoder:
+    return Decoder(config, unstacked=unstacked)
+
+
+def unstack_layers(params: Params) -> Params:
+    """The same parameters with the stacked `layers` tree split into `layers_0 ... layers_{L-1}`.
+
+    Every function of this module accepts either form and computes the same values. The
+    unstacked form applies the layers one by one instead of in a `lax.scan`; decode loops use
+    it so that no step copies a layer's weights out of the stacked arrays (a copy of the layer
+    weights is made once, when this is called).
+    """
+    if "layers" not in params:
+        raise ValueError("params are already unstacked (no stacked 'layers' tree)")
+    stacked = params["layers"]
+    num_layers = jax.tree.leaves(stacked)[0].shape[0]
+    per_layer = {
+        f"layers_{i}": jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(num_layers)
+    }
+    return {**{k: v for k, v in params.items() if k != "layers"}, **per_layer}
+
+
+def _is_unstacked(params: Params) -> bool:
+    return "layers" not in params and "layers_0" in params
+
+
+def unstack_cache(cache: Cache) -> Cache:
+    """The same cache with k and v as tuples of L per-layer [B, K, S, Dh] arrays.
+
+    Every function of this module accepts either form and returns the form it was given;
+    with unstacked parameters a per-layer cache is used as it is (no copy per call).
+    """
+    return {**cache, **_split_kv(cache)}
+
+
+def _split_kv(kv: Cache) -> Cache:
+    return {name: tuple(kv[name]) for name in ("k", "v")}  # [L, ...] -> L x [...]
+
+
+def _stack_kv(kv: Cache) -> Cache:
+    return {name: jnp.stack(kv[name]) for name in ("k", "v")}  # L x [...] -> [L, ...]
 
 
 def _abstract_boxed_params(config: ModelConfig) -> Any:
@@ -147,6 +191,7 @@ def hidden_states(
     B, T = tokens.shape
     mask = (jnp.ones((B, T), bool) if attention_mask is None
             else attention_mask.astype(bool))  # [B, T]
+    unstacked = _is_unstacked(params)
     if cache is None:
         past = jnp.zeros((B, 1), jnp.int32)
         key_valid, cache_index, layers_cache = mask, None, None
@@ -160,14 +205,19 @@ def hidden_states(
         past = jnp.sum(cache["valid"], axis=1, keepdims=True, dtype=jnp.int32)  # [B, 1]
         key_valid = jax.lax.dynamic_update_slice(cache["valid"], mask, (0, index))  # [B, S]
         cache_index, layers_cache = index, {"k": cache["k"], "v": cache["v"]}
+        per_layer_cache = isinstance(cache["k"], (tuple, list))
+        if unstacked != per_layer_cache:
+            layers_cache = (_split_kv if unstacked else _stack_kv)(layers_cache)
     if positions is None:
         positions = jnp.maximum(past + jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1, 0)
-    hidden, layers_cache = _module(config).apply(
+    hidden, layers_cache = _module(config, unstacked).apply(
         {"params": params}, tokens.astype(jnp.int32), positions.astype(jnp.int32), key_valid,
         cache_index, layers_cache,
     )
     if cache is None:
         return hidden, None
+    if unstacked != per_layer_cache:
+        layers_cache = (_split_kv if per_layer_cache else _stack_kv)(layers_cache)
     new_cache = {**layers_cache, "valid": key_valid, "index": cache["index"] + T}
     return hidden, new_cache
 

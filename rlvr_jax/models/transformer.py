@@ -101,8 +101,9 @@ class Attention(nn.Module):
 
     With a cache, `cache` holds every layer's keys and values, {k, v: [L, B, K, S, Dh]}, and
     this layer (number `layer_index`) writes its T new slots into it in place and attends over
-    its own [B, K, S, Dh] slice. Heads come before slots, the layout the attention contractions
-    read, so no per-step transpose of the cache is needed.
+    its own [B, K, S, Dh] slice; with `layer_index` None, `cache` is this layer's own
+    {k, v: [B, K, S, Dh]}. Heads come before slots, the layout the attention contractions read,
+    so no per-step transpose of the cache is needed.
     """
 
     config: ModelConfig
@@ -116,7 +117,7 @@ class Attention(nn.Module):
         key_valid: jnp.ndarray,  # [B, S] bool
         cache_index: jnp.ndarray | None,  # [] int32 (None without a cache)
         cache: dict[str, jnp.ndarray] | None,  # k, v: [L, B, K, S, Dh] (None without)
-        layer_index: jnp.ndarray,  # [] int32
+        layer_index: jnp.ndarray | None,  # [] int32; None: cache k, v are [B, K, S, Dh]
     ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray] | None]:
         c = self.config
         H, K, Dh = c.num_heads, c.num_kv_heads, c.head_dim
@@ -178,9 +179,9 @@ class Attention(nn.Module):
 
 
 def _write_slots(
-    buffer: jnp.ndarray,  # [L, B, K, S, Dh]
+    buffer: jnp.ndarray,  # [L, B, K, S, Dh], or [B, K, S, Dh] when layer_index is None
     new: jnp.ndarray,  # [B, T, K, Dh]
-    layer_index: jnp.ndarray,  # [] int32
+    layer_index: jnp.ndarray | None,  # [] int32
     slot: jnp.ndarray,  # [] int32
 ) -> jnp.ndarray:
     """buffer with buffer[layer_index, :, :, slot:slot + T] = new (transposed to [B, K, T, Dh]).
@@ -188,15 +189,19 @@ def _write_slots(
     Only the T new slots are written: inside the layer scan and the decode loop the buffer is
     loop state, so XLA updates it in place rather than copying the cache.
     """
-    update = jnp.swapaxes(new, 1, 2)[None].astype(buffer.dtype)  # [1, B, K, T, Dh]
+    update = jnp.swapaxes(new, 1, 2).astype(buffer.dtype)  # [B, K, T, Dh]
     zero = jnp.zeros((), jnp.int32)
+    if layer_index is None:
+        return jax.lax.dynamic_update_slice(buffer, update, (zero, zero, slot, zero))
     return jax.lax.dynamic_update_slice(
-        buffer, update, (layer_index, zero, zero, slot, zero)
+        buffer, update[None], (layer_index, zero, zero, slot, zero)
     )
 
 
-def _layer_slice(buffer: jnp.ndarray, layer_index: jnp.ndarray) -> jnp.ndarray:
-    """buffer[layer_index]: [L, B, K, S, Dh] -> [B, K, S, Dh]."""
+def _layer_slice(buffer: jnp.ndarray, layer_index: jnp.ndarray | None) -> jnp.ndarray:
+    """buffer[layer_index]: [L, B, K, S, Dh] -> [B, K, S, Dh] (buffer itself for None)."""
+    if layer_index is None:
+        return buffer
     return jax.lax.dynamic_index_in_dim(buffer, layer_index, axis=0, keepdims=False)
 
 
@@ -228,7 +233,7 @@ class DecoderLayer(nn.Module):
     def __call__(
         self,
         carry: tuple[jnp.ndarray, dict[str, jnp.ndarray] | None],
-        layer_index: jnp.ndarray,  # [] int32
+        layer_index: jnp.ndarray | None,  # [] int32; None: the cache is this layer's own
         cos: jnp.ndarray,
         sin: jnp.ndarray,
         key_valid: jnp.ndarray,
@@ -252,9 +257,16 @@ class Decoder(nn.Module):
 
     `cache` here is the per-layer part {k, v: [L, B, K, S, Dh]}; the caller (see `model.py`)
     handles slot bookkeeping and passes `key_valid` [B, S] and `cache_index`.
+
+    With `unstacked`, the layers are L separate modules `layers_0 ... layers_{L-1}` applied in
+    a Python loop (parameters without the leading `layers` axis, see
+    `model.unstack_layers`), and `cache` is {k, v: tuples of L [B, K, S, Dh] arrays}: the same
+    function, for decode loops, where slicing layer i's weights and cache out of stacked
+    [L, ...] arrays would copy them on every step.
     """
 
     config: ModelConfig
+    unstacked: bool = False
 
     def setup(self) -> None:
         c = self.config
@@ -271,15 +283,18 @@ class Decoder(nn.Module):
             layer_cls = nn.remat(
                 DecoderLayer, policy=_REMAT_POLICIES[c.remat_policy], prevent_cse=False
             )
-        self.layers = nn.scan(
-            layer_cls,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            # Scanned: the layer index; broadcast: cos, sin, key_valid, cache_index.
-            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-            length=c.num_layers,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )(c, name="layers")
+        if self.unstacked:
+            self.layers = [layer_cls(c) for _ in range(c.num_layers)]  # layers_0, layers_1, ...
+        else:
+            self.layers = nn.scan(
+                layer_cls,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                # Scanned: the layer index; broadcast: cos, sin, key_valid, cache_index.
+                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                length=c.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )(c, name="layers")
         self.final_norm = RMSNorm(c.norm_eps, c.dtype, c.param_dtype, name="final_norm")
         if not c.tie_word_embeddings:
             self.lm_head = self.param(
@@ -298,8 +313,22 @@ class Decoder(nn.Module):
         h = self.embed(tokens)  # [B, T, D]
         h = nn.with_logical_constraint(h, ("batch", "length", "embed"))
         cos, sin = rope_cos_sin(self.config, positions)
-        layer_indices = jnp.arange(self.config.num_layers, dtype=jnp.int32)  # [L]
-        (h, layers_cache), _ = self.layers(
-            (h, layers_cache), layer_indices, cos, sin, key_valid, cache_index
-        )
+        if self.unstacked:
+            new_cache = {"k": [], "v": []}
+            for index, layer in enumerate(self.layers):
+                layer_cache = None if layers_cache is None else {
+                    "k": layers_cache["k"][index], "v": layers_cache["v"][index]}
+                (h, layer_cache), _ = layer(
+                    (h, layer_cache), None, cos, sin, key_valid, cache_index
+                )
+                if layer_cache is not None:
+                    new_cache["k"].append(layer_cache["k"])
+                    new_cache["v"].append(layer_cache["v"])
+            if layers_cache is not None:
+                layers_cache = {"k": tuple(new_cache["k"]), "v": tuple(new_cache["v"])}
+        else:
+            layer_indices = jnp.arange(self.config.num_layers, dtype=jnp.int32)  # [L]
+            (h, layers_cache), _ = self.layers(
+                (h, layers_cache), layer_indices, cos, sin, key_valid, cache_index
+            )
         return self.final_norm(h), layers_cache
