@@ -1,0 +1,185 @@
+"""Pure helpers of the benchmark scripts against hand-computed values (no timing assertions)."""
+
+import importlib.util
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from rlvr_jax import models, sampling
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+
+# TINY_CONFIG of decode_roofline.py: L=2, D=64, H=4, K=2, Dh=16, F=128, V=512, q/k/v biases.
+# One layer: q, o 64·64 each; k, v 64·32 each; biases 4·16 + 2·2·16; gate, up, down 64·128
+# each; two norms of 64.
+TINY_LAYER = 2 * 64 * 64 + 2 * 64 * 32 + (64 + 64) + 3 * 64 * 128 + 2 * 64  # 37120
+TINY_MATMUL = 2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128) + 512 * 64  # 106496
+
+
+@pytest.fixture(scope="module")
+def roofline():
+    spec = importlib.util.spec_from_file_location(
+        "decode_roofline", BENCHMARKS / "decode_roofline.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_layer_count_matches_initialised_parameters(roofline):
+    config = roofline.TINY_CONFIG
+    params = models.init_params(config, jax.random.key(0))
+    layer_sizes = sum(x.size for x in jax.tree.leaves(params["layers"]))
+    assert roofline.layer_param_count(config) == TINY_LAYER == layer_sizes // 2
+    # Tied: the whole tree is the layers + final norm + the embedding used as unembedding.
+    total = sum(x.size for x in jax.tree.leaves(params))
+    assert total == 2 * TINY_LAYER + 64 + 512 * 64
+
+
+def test_average_cache_length_is_mean_over_decode_steps(roofline):
+    prompt, new = 16, 8
+    lengths = [prompt + s for s in range(1, new)]  # decode step s attends over P + s slots
+    assert roofline.average_cache_length(prompt, new) == pytest.approx(np.mean(lengths)) == 20
+
+
+def test_decode_bytes_per_step_tiny_bfloat16(roofline):
+    config = roofline.model_config("tiny", "bfloat16")
+    traffic = roofline.decode_bytes_per_step(config, batch=4, prompt_len=16, new_tokens=8)
+    params = 2 * (2 * TINY_LAYER + 64 + 512 * 64 + 4 * 64)  # 214656 bytes
+    kv = 2 * 2 * 4 * 2 * 20 * 16 * 2  # k and v, L, B, K, S_avg = 16 + 8/2, Dh, bf16: 20480
+    assert traffic == {"params": params, "kv": kv, "total": params + kv}
+    assert traffic["total"] == 235136
+
+
+def test_decode_bytes_float32_doubles_bfloat16(roofline):
+    half = roofline.decode_bytes_per_step(roofline.model_config("tiny", "bfloat16"), 4, 16, 8)
+    full = roofline.decode_bytes_per_step(roofline.model_config("tiny", "float32"), 4, 16, 8)
+    assert full["total"] == 2 * half["total"]
+
+
+def test_qwen_0_5b_reads_every_parameter_once_at_batch_one(roofline):
+    config = roofline.model_config("qwen2.5-0.5b", "bfloat16")
+    traffic = roofline.decode_bytes_per_step(config, batch=1, prompt_len=0, new_tokens=2)
+    # 494,032,768 parameters (tied embedding) + one embedding row of 896.
+    assert traffic["params"] == 2 * (494_032_768 + 896)
+    assert traffic["kv"] == 2 * 24 * 1 * 2 * 1 * 64 * 2  # S_avg = 0 + 2/2
+
+
+def test_decode_flops_per_step_tiny(roofline):
+    config = roofline.TINY_CONFIG
+    assert roofline.matmul_weight_count(config) == TINY_MATMUL
+    attention = 4 * 4 * 2 * 4 * 16 * 20  # B, L, H, Dh, S_avg
+    assert roofline.decode_flops_per_step(config, 4, 16, 8) == 2 * TINY_MATMUL * 4 + attention
+
+
+def test_roofline_fraction(roofline):
+    # 2.01 GB in 1 ms at 3350 GB/s: the roofline time is 0.6 ms, 60% of the step.
+    assert roofline.roofline_fraction(2.01e9, 1e-3, 3350.0) == pytest.approx(0.6)
+    assert roofline.roofline_fraction(1e6, 2e-3, 1.0) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="positive"):
+        roofline.roofline_fraction(1e6, 0.0, 3350.0)
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [("NVIDIA H100 80GB HBM3", (989.0, 3350.0)), ("NVIDIA H200", (989.0, 4800.0)),
+     ("NVIDIA H100 PCIe", (756.0, 2000.0)), ("cpu", None)],
+)
+def test_device_specs_from_device_kind(roofline, kind, expected):
+    assert roofline.device_specs(kind) == expected
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--presets", "qwen9"], ["--new-tokens", "1"], ["--dtype", "bfloat17"],
+     ["--batches", "0"], ["--bandwidth-gbs", "-1"]],
+)
+def test_bad_arguments_are_rejected(roofline, argv, capsys):
+    with pytest.raises(SystemExit):
+        roofline.parse_args(argv)
+    assert "error" in capsys.readouterr().err
+
+
+def test_one_and_n_token_calls_share_one_compiled_program(roofline):
+    config = roofline.TINY_CONFIG
+    params = models.init_params(config, jax.random.key(0))
+    # 65 new tokens: generate's default 64-step buckets would give the 1-token call its own
+    # (64-step) program and the 65-token call a 128-step one.
+    args = roofline.parse_args(["--presets", "tiny", "--prompt-len", "8", "--new-tokens", "65",
+                                "--repeats", "1", "--dtype", "float32"])
+    before = sampling._generate_bucketed._cache_size()
+    times = roofline.time_decode_step(config, params, 2, args)
+    assert sampling._generate_bucketed._cache_size() == before + 1
+    assert times["full_s"] > 0 and times["one_token_s"] > 0
+    assert times["step_s"] == pytest.approx((times["full_s"] - times["one_token_s"]) / 64)
+
+
+def _fake_timing(full_s, one_token_s, new_tokens):
+    def time_decode_step(config, params, batch, args):
+        return {"first_call_s": 1.0, "full_s": full_s, "one_token_s": one_token_s,
+                "step_s": (full_s - one_token_s) / (new_tokens - 1)}
+    return time_decode_step
+
+
+def test_main_rows_from_given_timings(roofline, monkeypatch, tmp_path):
+    monkeypatch.setattr(roofline, "time_decode_step", _fake_timing(0.010, 0.003, 8))
+    monkeypatch.setattr(roofline, "measure_bandwidth_gbs", lambda mib: {"read": 1.0, "copy": 2.0})
+    out = tmp_path / "decode.json"
+    roofline.main(["--presets", "tiny", "--batches", "4", "--prompt-len", "16", "--new-tokens",
+                   "8", "--dtype", "bfloat16", "--peak-tflops", "1e-6", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["bandwidth_gbs"]["used"] == 2.0  # the larger measured figure
+    (row,) = result["rows"]
+    assert row["step_s"] == pytest.approx(0.001)  # (10 ms - 3 ms) / 7 steps
+    assert row["tokens_per_s"] == pytest.approx(4000.0)
+    assert row["achieved_gbs"] == pytest.approx(235136 / 0.001 / 1e9)
+    assert row["bandwidth_fraction"] == pytest.approx(235136 / 2e9 / 0.001)
+    flops = 2 * TINY_MATMUL * 4 + 4 * 4 * 2 * 4 * 16 * 20
+    assert row["compute_roofline_s"] == pytest.approx(flops / 1e6)
+    assert row["bound"] == "compute"  # 0.89 s of compute against 0.12 ms of memory traffic
+    assert row["roofline_fraction"] == pytest.approx(flops / 1e6 / 0.001)
+    assert row["kv_full_buffer_bytes"] == 2 * 2 * 4 * 2 * 24 * 16 * 2  # all P + n = 24 slots
+
+
+def test_rows_skip_when_memory_would_not_fit_or_runs_out(roofline, monkeypatch):
+    config = roofline.TINY_CONFIG
+    args = roofline.parse_args(["--presets", "tiny", "--prompt-len", "8", "--new-tokens", "4"])
+
+    def must_not_run(*_):
+        raise AssertionError("a batch that does not fit must not be run")
+
+    monkeypatch.setattr(roofline, "time_decode_step", must_not_run)
+    monkeypatch.setattr(roofline, "free_device_bytes", lambda device: 1.0)
+    row = roofline.measure_row("tiny", config, None, 2, args, 1.0, None)
+    assert "GiB free" in row["skipped"]
+
+    def out_of_memory(*_):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 9 GiB")
+
+    monkeypatch.setattr(roofline, "time_decode_step", out_of_memory)
+    monkeypatch.setattr(roofline, "free_device_bytes", lambda device: None)
+    row = roofline.measure_row("tiny", config, None, 2, args, 1.0, None)
+    assert row["skipped"].startswith("out of memory: RESOURCE_EXHAUSTED")
+
+
+def _result(kind, rows, **settings):
+    base = {name: 1 for name in ("prompt_len", "new_tokens", "strategy", "dtype", "repeats")}
+    base.update(bandwidth_gbs=None, peak_tflops=None, **settings)
+    return {"device": {"kind": kind}, "settings": base,
+            "rows": [{"preset": preset, "batch": batch, "step_s": step_s}
+                     for preset, batch, step_s in rows]}
+
+
+def test_merge_keeps_rows_not_remeasured_from_same_device_and_settings(roofline):
+    previous = _result("H100", [("a", 1, 1.0), ("a", 2, 2.0), ("b", 1, 3.0)])
+    new = _result("H100", [("a", 2, 9.0), ("c", 4, 5.0)])
+    merged = roofline.merge_rows(previous, new)
+    assert [(r["preset"], r["batch"], r["step_s"]) for r in merged["rows"]] == [
+        ("a", 1, 1.0), ("a", 2, 9.0), ("b", 1, 3.0), ("c", 4, 5.0)
+    ]
+    assert roofline.merge_rows(None, new) == new
+    assert roofline.merge_rows(_result("H200", [("b", 1, 3.0)]), new) == new
+    assert roofline.merge_rows(_result("H100", [("b", 1, 3.0)], dtype=2), new) == new
