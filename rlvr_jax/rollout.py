@@ -17,9 +17,10 @@ train step's scorer), all on the training parameters:
    and the configured advantage estimator.
 
 The result is the train batch of ``train_step`` (``N = B * G`` rows) and a dict of metrics.
-Multi-host: every process draws the same global prompts, gathers the generations and scores
-them (the verifier work is repeated on each host); the train batch is then assembled from each
-host's rows.
+Multi-host: every process draws the same global prompts and gathers the generations; each
+process verifies its own slice of the completions and the rewards are all-gathered
+(``rewards.distributed``), so no verifier work is repeated; the train batch is then assembled
+from each host's rows.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from jax.experimental import multihost_utils
 
 from rlvr_jax import advantages, metrics, models, sampling, shaping
 from rlvr_jax.data.sampling import epoch_order
+from rlvr_jax.rewards.distributed import score_across_processes
 from rlvr_jax.rewards.mixture import MixtureTask
 
 Batch = dict[str, np.ndarray]
@@ -182,7 +184,7 @@ class Sampler:
         ]
         flat_texts = [t for group in texts for t in group]
         flat_examples = [ex for ex in examples for _ in range(G)]
-        report = self.task.score_report(flat_texts, flat_examples)
+        report = score_across_processes(self.task, flat_texts, flat_examples)
         return Groups(
             examples=examples, prompt_ids=prompt_ids,
             completion_tokens=host["tokens"], completion_mask=host["mask"],
