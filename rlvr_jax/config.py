@@ -12,7 +12,9 @@ Sections and keys (see each module for the meaning of its section)::
     rollout:    prompts_per_step (B), group_size (G), max_prompt_len, max_new_tokens,
                 temperature, top_k, top_p, min_p, prompt_bucket, length_bucket,
                 old_logp_source ("trainer" | "sampler"), dynamic_sampling,
-                max_sampling_rounds, overlong_buffer (0: off), overlong_coef
+                max_sampling_rounds, overlong_buffer (0: off), overlong_coef,
+                unstack_decode_layers (decode on per-layer weight copies: faster, one more
+                set of layer weights in memory while generating; see sampling.generate)
     advantage:  estimator (advantages.ESTIMATORS), options (its keyword arguments)
     loss:       train_step.LOSS_DEFAULTS       step: train_step.STEP_DEFAULTS
     optim:      optimizer.DEFAULTS
@@ -75,6 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
         "max_sampling_rounds": 4,
         "overlong_buffer": 0,
         "overlong_coef": 1.0,
+        "unstack_decode_layers": True,
     })
     config.advantage = ml_collections.ConfigDict({
         "estimator": "grpo",

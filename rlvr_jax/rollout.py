@@ -141,6 +141,7 @@ class Sampler:
     length_bucket: int
     eos_ids: tuple[int, ...]
     pad_id: int
+    unstack_layers: bool = True  # sampling.generate's per-layer decode loop
 
     def encode(self, examples: list[dict[str, Any]]) -> list[list[int]]:
         """Chat-formatted prompt token lists; raises on a prompt over ``max_prompt_len``."""
@@ -174,6 +175,7 @@ class Sampler:
             num_samples=num_samples, strategy=strategy, eos_ids=self.eos_ids,
             prompt_ids=np.asarray(positions, np.int32), pad_id=self.pad_id,
             prompt_bucket=self.prompt_bucket, length_bucket=self.length_bucket,
+            unstack_layers=self.unstack_layers,
         )
         host = {name: to_host(value) for name, value in generation._asdict().items()}
         B, G, _ = host["tokens"].shape

@@ -89,6 +89,7 @@ def run(config: Any, workdir: str) -> dict[str, float]:
         model_config, tokenizer, task, int(config.rollout.max_prompt_len),
         int(config.rollout.prompt_bucket), int(config.rollout.length_bucket),
         tuple(int(i) for i in eos_ids), int(pad_id),
+        unstack_layers=bool(config.rollout.unstack_decode_layers),
     )
     stream = rollout.PromptStream(task, config.task.train_split, config.seed)
     eval_task = task

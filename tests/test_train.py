@@ -71,10 +71,14 @@ def test_cli_runs_logs_checkpoints_and_resumes(tmp_path, model_dir):
     # The sampler and the trainer score the same tokens with the same code path.
     assert record["train/sampler_trainer_logp_gap_max"] < 1e-4
 
-    second = cli(workdir, model_dir, "--config.total_steps=5")
+    # Resumed with the scanned-layers decode loop (rollout.unstack_decode_layers off).
+    second = cli(workdir, model_dir, "--config.total_steps=5",
+                 "--config.rollout.unstack_decode_layers=False")
     assert second.returncode == 0, second.stderr[-3000:]
     assert logged_steps(workdir) == [1, 2, 3, 4, 5]  # continued at step 4, no duplicates
     assert checkpoint_steps(workdir)[-1] == 5
+    resumed = [row for row in read_metrics(workdir) if "train/reward_mean" in row][3]
+    assert resumed["step"] == 4 and resumed["train/sampler_trainer_logp_gap_max"] < 1e-4
 
 
 @pytest.mark.slow
