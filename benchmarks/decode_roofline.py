@@ -117,18 +117,6 @@ def model_config(name: str, dtype: str) -> models.ModelConfig:
     return base.replace(dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(dtype))
 
 
-def layer_param_count(config: models.ModelConfig) -> int:
-    """Parameters of one decoder layer: projections, q/k/v biases, q/k norms, two RMS norms."""
-    D, F, H, K, Dh = (config.hidden_size, config.mlp_dim, config.num_heads, config.num_kv_heads,
-                      config.head_dim)
-    attention = D * H * Dh * 2 + D * K * Dh * 2
-    if config.qkv_bias:
-        attention += (H + 2 * K) * Dh
-    if config.qk_norm:
-        attention += 2 * Dh
-    return attention + 3 * D * F + 2 * D
-
-
 def matmul_weight_count(config: models.ModelConfig) -> int:
     """Weights that take part in a token's matmuls: every layer's projections + unembedding."""
     D, F, H, K, Dh = (config.hidden_size, config.mlp_dim, config.num_heads, config.num_kv_heads,
@@ -152,7 +140,7 @@ def decode_bytes_per_step(config: models.ModelConfig, batch: int, prompt_len: in
                           new_tokens: int) -> dict[str, float]:
     """Bytes one decode step reads in the roofline model: parameters + KV cache at ``S_avg``."""
     D = config.hidden_size
-    param_count = (config.num_layers * layer_param_count(config) + D
+    param_count = (config.num_layers * config.params_per_layer + D
                    + config.vocab_size * D + batch * D)
     params = float(param_count * jnp.dtype(config.param_dtype).itemsize)
     kv = kv_bytes(config, batch, average_cache_length(prompt_len, new_tokens))
@@ -197,7 +185,7 @@ def estimate_generate_bytes(config: models.ModelConfig, batch: int, prompt_len: 
     c, p = jnp.dtype(config.dtype).itemsize, jnp.dtype(config.param_dtype).itemsize
     D, V = config.hidden_size, config.vocab_size
     slots = prompt_len + buffer_length
-    layer_copies = config.num_layers * layer_param_count(config) * p
+    layer_copies = config.num_layers * config.params_per_layer * p
     unembedding_cast = 0 if c == p else V * D * c
     caches = 3 * kv_bytes(config, batch, slots)
     prefill = batch * prompt_len * (2 * config.num_heads * slots * 4 + 3 * config.mlp_dim * c

@@ -33,7 +33,7 @@ def test_tiny_layer_count_matches_initialised_parameters(roofline):
     config = roofline.TINY_CONFIG
     params = models.init_params(config, jax.random.key(0))
     layer_sizes = sum(x.size for x in jax.tree.leaves(params["layers"]))
-    assert roofline.layer_param_count(config) == TINY_LAYER == layer_sizes // 2
+    assert config.params_per_layer == TINY_LAYER == layer_sizes // 2
     # Tied: the whole tree is the layers + final norm + the embedding used as unembedding.
     total = sum(x.size for x in jax.tree.leaves(params))
     assert total == 2 * TINY_LAYER + 64 + 512 * 64

@@ -98,8 +98,8 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
     @property
-    def num_params(self) -> int:
-        """Number of parameters (embedding counted once when tied)."""
+    def params_per_layer(self) -> int:
+        """Parameters of one decoder layer: projections, q/k/v biases, q/k norms, two norms."""
         D, F, H, K, Dh = (self.hidden_size, self.mlp_dim, self.num_heads, self.num_kv_heads,
                           self.head_dim)
         attention = D * H * Dh * 2 + D * K * Dh * 2
@@ -107,9 +107,14 @@ class ModelConfig:
             attention += (H + 2 * K) * Dh
         if self.qk_norm:
             attention += 2 * Dh
-        layer = attention + 3 * D * F + 2 * D
+        return attention + 3 * D * F + 2 * D
+
+    @property
+    def num_params(self) -> int:
+        """Number of parameters (embedding counted once when tied)."""
+        D = self.hidden_size
         head = 0 if self.tie_word_embeddings else self.vocab_size * D
-        return self.vocab_size * D + self.num_layers * layer + D + head
+        return self.vocab_size * D + self.num_layers * self.params_per_layer + D + head
 
 
 def _rope_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
