@@ -11,6 +11,11 @@ The task is reasoning-gym's ``basic_arithmetic`` restricted to ``a + b`` with si
 scored on the last number of the completion (``answer_format="last_number"``): the 135M model
 rarely follows a ``\boxed{}`` instruction, and at temperature 1 it answers about a quarter of
 these prompts correctly, which leaves GRPO-family estimators mixed groups to learn from.
+
+The learning rate, 1.5e-5, is the larger of two that kept held-out pass@1 rising to step 20:
+at 3e-5 one run reached pass@1 0.75 at step 10, its entropy collapsed to 0.07 by step 12 and
+pass@1 fell back to 0.44 at step 20 (half the held-out prompts all wrong), an example of
+the collapse the project studies.
 """
 
 from rlvr_jax.config import base_config
@@ -32,7 +37,7 @@ def get_config(variant: str = "grpo"):
     config.rollout.max_new_tokens = 24
     config.rollout.length_bucket = 8
     config.rollout.prompt_bucket = 32
-    config.optim.learning_rate = 3e-5
+    config.optim.learning_rate = 1.5e-5
     config.optim.warmup_steps = 0
     config.optim.grad_clip_norm = 1.0
     config.step.logprob_chunk_size = 32
