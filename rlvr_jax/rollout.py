@@ -36,7 +36,6 @@ from jax.experimental import multihost_utils
 from rlvr_jax import advantages, metrics, models, sampling, shaping
 from rlvr_jax.data.sampling import epoch_order
 from rlvr_jax.rewards.distributed import score_across_processes
-from rlvr_jax.rewards.mixture import MixtureTask
 
 Batch = dict[str, np.ndarray]
 
@@ -318,8 +317,7 @@ def collect(
         "mixed_groups_kept": float(min(num_mixed, B)),
         "tokens": float(valid.sum() + np.asarray(batch["attention_mask"][:, :P]).sum()),
     }
-    if isinstance(sampler.task, MixtureTask):
-        out.update(sampler.task.group_metrics(groups.examples, groups.rewards))
+    out.update(sampler.task.group_metrics(groups.examples, groups.rewards))
     return batch, out, groups
 
 

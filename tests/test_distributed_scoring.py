@@ -3,10 +3,6 @@ real two-process run (tests/multidevice/distributed_scoring_checks.py) over jax.
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +14,7 @@ from rlvr_jax.rewards.distributed import encode_statuses, process_slice, score_a
 SCRIPT_DIR = Path(__file__).parent / "multidevice"
 sys.path.insert(0, str(SCRIPT_DIR))
 import distributed_scoring_checks as checks  # noqa: E402
+from processes import run_processes  # noqa: E402
 
 # ---- split arithmetic --------------------------------------------------------------------
 
@@ -97,37 +94,11 @@ def test_mismatched_lengths_are_rejected():
 # ---- two processes -----------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module", params=[1, 4], ids=["1_device_each", "4_devices_each"])
 def two_process_results(request):
     """The JSON results of both processes, each with ``request.param`` CPU devices."""
-    port = _free_port()
-    children = []
-    for process_id in range(2):
-        env = dict(os.environ)
-        env.update(
-            XLA_FLAGS=f"--xla_force_host_platform_device_count={request.param}",
-            JAX_PLATFORMS="cpu",
-            JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
-            JAX_NUM_PROCESSES="2",
-            JAX_PROCESS_ID=str(process_id),
-            PYTHONPATH=os.pathsep.join([str(SCRIPT_DIR), *sys.path]),
-        )
-        children.append(subprocess.Popen(
-            [sys.executable, str(SCRIPT_DIR / "distributed_scoring_checks.py")],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        ))
-    results = []
-    for child in children:
-        stdout, stderr = child.communicate(timeout=300)
-        assert child.returncode == 0, stderr[-5000:]
-        results.append(json.loads(stdout.strip().splitlines()[-1]))
-    return results
+    return run_processes("distributed_scoring_checks.py", devices_per_process=request.param,
+                         timeout=300)
 
 
 @pytest.mark.multidevice

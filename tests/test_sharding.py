@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ from rlvr_jax import sharding as sh
 TOY_DIR = Path(__file__).parent / "multidevice"
 sys.path.insert(0, str(TOY_DIR))
 import toy_train  # noqa: E402
+from processes import run_processes  # noqa: E402
 
 RULES = sh.rules_from_config(None)
 
@@ -296,36 +296,11 @@ def test_eight_devices_restore_onto_other_meshes(eight_device_results):
     assert restore["single_device"] == {"equal": True, "devices": [3]}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.multidevice
 def test_two_processes_feed_shard_checkpoint_and_stop_together(tmp_path):
-    port = _free_port()
-    children = []
-    for process_id in range(2):
-        env = dict(os.environ)
-        env.update(
-            XLA_FLAGS="--xla_force_host_platform_device_count=4",
-            JAX_PLATFORMS="cpu",
-            JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
-            JAX_NUM_PROCESSES="2",
-            JAX_PROCESS_ID=str(process_id),
-            PYTHONPATH=os.pathsep.join([str(TOY_DIR), *sys.path]),
-        )
-        children.append(subprocess.Popen(
-            [sys.executable, str(TOY_DIR / "multiprocess_checks.py"), str(tmp_path / "ckpt")],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        ))
-    results = []
-    for child in children:
-        stdout, stderr = child.communicate(timeout=600)
-        assert child.returncode == 0, stderr[-5000:]
-        results.append(json.loads(stdout.strip().splitlines()[-1]))
+    results = run_processes("multiprocess_checks.py", str(tmp_path / "ckpt"),
+                            devices_per_process=4)
 
     for process_id, result in enumerate(results):
         assert result["initialized"] and result["initialize_again"]

@@ -100,6 +100,12 @@ class Task:
         """
         return self.answer_of(completion)
 
+    def group_metrics(self, examples: Sequence[dict], rewards: np.ndarray) -> dict[str, float]:
+        """Task-specific metrics of ``B`` groups (``rewards [B, G]``) for the step's log; none
+        for a single task (a mixture reports each component's share and reward)."""
+        del examples, rewards
+        return {}
+
     def score_report(self, completions: Sequence[str], examples: Sequence[dict]) -> ScoreReport:
         """Rewards with per-item statuses; adds this call's timeouts and crashes to the totals."""
         if len(completions) != len(examples):
