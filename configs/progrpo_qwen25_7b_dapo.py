@@ -12,8 +12,7 @@ and optimizer settings are DAPO's published ones (Yu et al., 2025: 512 prompts x
 ``alpha`` is the spec default 1.0, meant to be swept (``configs/sweeps/progrpo_alpha.py``).
 """
 
-from rlvr_jax.config import base_config
-from rlvr_jax.recipes import apply_variant
+from rlvr_jax.recipes import apply_variant, math_rl_config
 
 VARIANTS = ("progrpo", "grpo", "dapo")
 
@@ -21,15 +20,7 @@ VARIANTS = ("progrpo", "grpo", "dapo")
 def get_config(variant: str = "progrpo"):
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; this recipe has {VARIANTS}")
-    config = base_config()
-    config.total_steps = 500
-    config.model.name = "qwen2.5-7b"
-    config.model.dtype = "bfloat16"
-    config.model.remat_policy = "full"
-    config.task.name = "dapo_math"
-    config.task.options = {"data_dir": "~/tensorflow_datasets"}
-    config.eval.task = "aime"
-    config.eval.task_options = {"data_dir": "~/tensorflow_datasets"}
+    config = math_rl_config("qwen2.5-7b", "dapo_math", "aime", steps=500)
     config.eval.num_prompts = 30
     config.eval.samples_per_prompt = 32
     config.eval.top_p = 0.7
@@ -42,10 +33,6 @@ def get_config(variant: str = "progrpo"):
     config.rollout.length_bucket = 1024
     config.step.mini_batches = 16
     config.step.micro_batches = 64
-    config.optim.learning_rate = 1e-6
-    config.optim.weight_decay = 0.1
-    config.optim.warmup_steps = 10
-    config.checkpoint.save_every_steps = 20
     apply_variant(config, variant)
     if variant in ("progrpo", "dapo"):  # same DAPO rollouts, so the comparison isolates ARM
         config.rollout.dynamic_sampling = True

@@ -36,16 +36,11 @@ from dataclasses import dataclass, field
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from launch.train_command import TrainCommand, parse_cli_override
+from launch.train_command import ENV_NAME, LaunchError, TrainCommand, parse_cli_override
 
 _JOB_NAME = re.compile(r"[A-Za-z0-9._=-]+")
 _TIME = re.compile(r"(\d+-)?\d+(:\d{2}){0,2}")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SBATCH_VALUE = re.compile(r"[^\s'\"]+")
-
-
-class LaunchError(ValueError):
-    """Bad launcher input; the message names the argument and what is expected."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +101,7 @@ class SlurmJob:
             if value is not None and not _SBATCH_VALUE.fullmatch(value):
                 raise LaunchError(f"--{name}={value!r}: no spaces or quotes allowed.")
         for name, _ in self.env:
-            if not _ENV_NAME.fullmatch(name):
+            if not ENV_NAME.fullmatch(name):
                 raise LaunchError(f"--env {name!r}: not a shell variable name.")
         if not 0 <= self.signal_seconds <= 65535:
             raise LaunchError(f"--signal_seconds={self.signal_seconds}: must be in [0, 65535].")

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from launch.train_command import TrainCommand, parse_cli_override
+from launch.train_command import ENV_NAME, LaunchError, TrainCommand, parse_cli_override
 
 GCLOUD_TPU: tuple[str, ...] = ("gcloud", "compute", "tpus", "tpu-vm")
 LOG_DIR = "rlvr_jax_logs"
@@ -58,11 +58,6 @@ DEFAULT_RUNTIME_VERSIONS: dict[str, str] = {
 _NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 _ACCELERATOR = re.compile(r"(v\d+[a-z]*)-(\d+)")
 _RUN_NAME = re.compile(r"[A-Za-z0-9._=-]+")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-class LaunchError(ValueError):
-    """Bad launcher input; the message names the argument and what is expected."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,7 +224,7 @@ def check_env(env: Sequence[str]) -> list[tuple[str, str]]:
     pairs = []
     for item in env:
         name, sep, value = item.partition("=")
-        if not sep or not _ENV_NAME.fullmatch(name):
+        if not sep or not ENV_NAME.fullmatch(name):
             raise LaunchError(f"--env={item!r}: expected NAME=VALUE with a shell variable NAME.")
         pairs.append((name, value))
     return pairs

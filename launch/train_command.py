@@ -26,6 +26,11 @@ current interpreter)."""
 
 _DOTTED_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _CONFIG_SPEC = re.compile(r"[^:\s]+\.py(:[^\s]*)?")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a shell variable name
+
+
+class LaunchError(ValueError):
+    """Bad launcher input; the message names the argument and what is expected."""
 
 
 def check_config_spec(config: str) -> str:
