@@ -51,6 +51,7 @@ import numpy as np
 from rlvr_jax import models, sharding
 from rlvr_jax import optimizer as optim
 from rlvr_jax import train_step as ts
+from rlvr_jax.config import base_config
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s, keyed by
 # words of ``jax.Device.device_kind`` ("NVIDIA H100 80GB HBM3" is the H100 SXM).
@@ -183,13 +184,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     mesh = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
     rules = sharding.rules_from_config(None)
-    tx = optim.make_optimizer({"name": "adamw", "learning_rate": 1e-6})
+    tx, _ = optim.make_optimizer(name="adamw", learning_rate=1e-6)
     state, shardings = ts.create_train_state(config, tx, jax.random.key(0), mesh, rules)
-    step_config = {"step": {"micro_batches": args.micro_batches,
-                            "logprob_chunk_size": args.logprob_chunk_size}}
-    step = ts.make_train_step(step_config, config, tx, mesh, rules, shardings)
+    run_config = base_config()
+    run_config.batching.micro_batches = args.micro_batches
+    run_config.batching.logprob_chunk_size = args.logprob_chunk_size
+    step = ts.make_train_step(run_config, config, tx, mesh, rules, shardings)
     host_batch = synthetic_batch(config, args.batch, args.prompt_len, args.response_len, seed=0)
-    batch = jax.device_put(host_batch, ts.batch_partition(mesh, rules))
+    batch = jax.device_put(host_batch, sharding.batch_sharding(mesh, rules))
 
     with sharding.activate(mesh, rules):
         compile_s, compiled_flops = compile_step(step, state, batch)

@@ -23,7 +23,7 @@ def get_config(variant: str = "progrpo"):
     config = math_rl_config("qwen2.5-7b", "dapo_math", "aime", steps=500)
     config.eval.num_prompts = 30
     config.eval.samples_per_prompt = 32
-    config.eval.top_p = 0.7
+    config.eval.sampling.top_p = 0.7
     config.eval.every_steps = 10
     config.rollout.prompts_per_step = 512
     config.rollout.group_size = 16
@@ -31,8 +31,8 @@ def get_config(variant: str = "progrpo"):
     config.rollout.max_new_tokens = 20480
     config.rollout.prompt_bucket = 256
     config.rollout.length_bucket = 1024
-    config.step.mini_batches = 16
-    config.step.micro_batches = 64
+    config.batching.mini_batches = 16
+    config.batching.micro_batches = 64
     apply_variant(config, variant)
     if variant in ("progrpo", "dapo"):  # same DAPO rollouts, so the comparison isolates ARM
         config.rollout.dynamic_sampling = True

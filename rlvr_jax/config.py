@@ -1,49 +1,92 @@
-"""The run configuration: every key with its default, validation, and override checking.
+"""The run configuration: every key with its default, written once, and the checks on values.
 
-Recipes in ``configs/`` start from :func:`base_config` and change what they need; the entry
-point validates the result with :func:`validate` before anything is loaded or compiled.
-Sections and keys (see each module for the meaning of its section)::
+Recipes in ``configs/`` start from :func:`base_config` and change what they need; consumers read
+attributes (``config.rollout.group_size``) and never re-merge or re-default a section. The
+config is locked: assigning a key that does not exist fails at once with ml_collections' own
+"did you mean" message, in a recipe, a sweep and on the command line alike. Only the option
+dictionaries (``task.options``, ``advantage.options``, ``eval.task_options``) are open; their
+keys are the keyword arguments of the function they configure, checked by :func:`validate`.
+
+Where a section is a function's keyword arguments, the signature is the schema and holds the
+defaults; :func:`base_config` copies them in, so the config shows every value a run uses:
+
+=================================== ======================================================
+section                             keyword arguments of
+=================================== ======================================================
+``loss``                            :func:`rlvr_jax.losses.policy_loss` (its settings)
+``optim``                           :func:`rlvr_jax.optimizer.make_optimizer`
+``rollout.sampling``, ``eval.sampling`` :class:`rlvr_jax.sampling.SamplingStrategy`
+``advantage.options``               the estimator's options (:mod:`rlvr_jax.advantages`),
+                                    filled in by ``recipes.apply_variant``
+=================================== ======================================================
+
+The other sections (their keys are documented where they are read)::
 
     seed, total_steps
-    model:      name (preset, HF directory or .gguf), dtype, param_dtype, remat_policy,
-                cache_dir, tokenizer (default: same as name)
-    task:       name (rewards.get_task), options (keyword arguments of the task factory),
-                train_split, eval_split
-    rollout:    prompts_per_step (B), group_size (G), max_prompt_len, max_new_tokens,
-                temperature, top_k, top_p, min_p, prompt_bucket, length_bucket,
-                old_logp_source ("trainer" | "sampler"), dynamic_sampling,
-                max_sampling_rounds, overlong_buffer (0: off), overlong_coef,
-                unstack_decode_layers (decode on per-layer weight copies: faster, one more
-                set of layer weights in memory while generating; see sampling.generate)
-    advantage:  estimator (advantages.ESTIMATORS), options (its keyword arguments)
-    loss:       train_step.LOSS_DEFAULTS       step: train_step.STEP_DEFAULTS
-    optim:      optimizer.DEFAULTS
-    mesh:       data, fsdp, tensor (-1: the rest)     sharding: logical_axis_rules
-    checkpoint: save_every_steps, keep_last, async_save (dir: <workdir>/checkpoints)
-    eval:       every_steps (0: only at the end), num_prompts, samples_per_prompt,
-                temperature, top_p, max_new_tokens, at_start, task (default: the training
-                task) and task_options, evaluated on its ``task.eval_split``
+    model:      name (preset, HF directory or .gguf), tokenizer (None: same as name), dtype,
+                param_dtype, remat_policy, cache_dir
+    task:       name (a registered task), options, train_split, eval_split
+    rollout:    prompts_per_step (B), group_size (G), max_prompt_len, max_new_tokens, sampling,
+                prompt_bucket, length_bucket, old_logp_source ("trainer" | "sampler"),
+                dynamic_sampling, max_sampling_rounds, overlong_buffer (0: off), overlong_coef,
+                unstack_decode_layers (see sampling.generate)
+    advantage:  estimator (advantages.ESTIMATORS), options
+    batching:   epochs, mini_batches (optimizer updates per epoch), micro_batches (gradient
+                accumulation per update), logprob_chunk_size (see train_step)
+    mesh:       data, fsdp, tensor (-1: the rest)     sharding: logical_axis_rules (None: the
+                default rules of rlvr_jax.sharding)
+    checkpoint: save_every_steps, keep_last, async_save (directory: <workdir>/checkpoints)
+    eval:       every_steps (0: only at the end), at_start, num_prompts, samples_per_prompt,
+                sampling, max_new_tokens (None: rollout's), task ("": the training task),
+                task_options; evaluated on ``task.eval_split``
     logging:    tensorboard, wandb, wandb_project, num_sample_texts
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
-from collections.abc import Iterable, Mapping
+import types
+import typing
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_collections
 
-from rlvr_jax import advantages
-from rlvr_jax import optimizer as optimizer_lib
-from rlvr_jax import train_step as train_step_lib
+from rlvr_jax import advantages, logprobs, losses, optimizer, sampling
 
 placeholder = ml_collections.config_dict.placeholder
+OPEN_SECTIONS = ("task.options", "advantage.options", "eval.task_options")
+
+
+def _field(default: Any, annotation: Any) -> Any:
+    """A config value for a keyword default; ``None`` becomes a typed placeholder."""
+    if default is not None:
+        return default
+    types_ = [t for t in typing.get_args(annotation) if t is not type(None)]
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType) or len(types_) != 1:
+        raise TypeError(f"cannot type a None default annotated {annotation!r}")
+    return placeholder(types_[0])
+
+
+def keyword_defaults(fn: Callable[..., Any], exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The keyword-only parameters of ``fn`` (minus ``exclude``) with their defaults."""
+    hints = typing.get_type_hints(fn)
+    return {
+        name: _field(p.default, hints.get(name))
+        for name, p in inspect.signature(fn).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in exclude
+    }
+
+
+def _strategy_defaults() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        {f.name: f.default for f in dataclasses.fields(sampling.SamplingStrategy)})
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """Every key of a run with its default value."""
+    """Every key of a run with its default value (locked; option dictionaries open)."""
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.total_steps = 100
@@ -66,10 +109,7 @@ def base_config() -> ml_collections.ConfigDict:
         "group_size": 8,
         "max_prompt_len": 256,
         "max_new_tokens": 256,
-        "temperature": 1.0,
-        "top_k": 0,
-        "top_p": 1.0,
-        "min_p": 0.0,
+        "sampling": _strategy_defaults(),
         "prompt_bucket": 64,
         "length_bucket": 64,
         "old_logp_source": "trainer",
@@ -81,14 +121,17 @@ def base_config() -> ml_collections.ConfigDict:
     })
     config.advantage = ml_collections.ConfigDict({
         "estimator": "grpo",
-        "options": ml_collections.ConfigDict(),
+        "options": keyword_defaults(advantages.grpo),
     })
-    loss = dict(train_step_lib.LOSS_DEFAULTS)
-    loss["dual_clip"] = placeholder(float)
-    loss["max_len"] = placeholder(int)
-    config.loss = ml_collections.ConfigDict(loss)
-    config.step = ml_collections.ConfigDict(dict(train_step_lib.STEP_DEFAULTS))
-    config.optim = ml_collections.ConfigDict(dict(optimizer_lib.DEFAULTS))
+    config.loss = ml_collections.ConfigDict(
+        keyword_defaults(losses.policy_loss, exclude=losses.LOSS_INPUTS))
+    config.batching = ml_collections.ConfigDict({
+        "epochs": 1,
+        "mini_batches": 1,
+        "micro_batches": 1,
+        "logprob_chunk_size": logprobs.DEFAULT_CHUNK_SIZE,
+    })
+    config.optim = ml_collections.ConfigDict(keyword_defaults(optimizer.make_optimizer))
     config.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
     config.sharding = ml_collections.ConfigDict({"logical_axis_rules": placeholder(tuple)})
     config.checkpoint = ml_collections.ConfigDict({
@@ -101,8 +144,7 @@ def base_config() -> ml_collections.ConfigDict:
         "at_start": True,
         "num_prompts": 32,
         "samples_per_prompt": 8,
-        "temperature": 1.0,
-        "top_p": 1.0,
+        "sampling": _strategy_defaults(),
         "max_new_tokens": placeholder(int),
         "task": "",
         "task_options": ml_collections.ConfigDict(),
@@ -113,104 +155,73 @@ def base_config() -> ml_collections.ConfigDict:
         "wandb_project": placeholder(str),
         "num_sample_texts": 2,
     })
+    return lock(config)
+
+
+def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Locks ``config`` in place (no new keys) except its option dictionaries; returns it."""
+    config.lock()
+    for path in OPEN_SECTIONS:
+        section, key = path.split(".")
+        config[section][key].unlock()
     return config
 
 
-def _is_section(value: Any) -> bool:
-    return isinstance(value, Mapping | ml_collections.ConfigDict)
-
-
-def flat_keys(config: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """Dotted paths of every leaf of ``config`` (option dictionaries count as leaves)."""
-    keys = []
-    for key, value in config.items():
-        path = f"{prefix}{key}"
-        if _is_section(value) and not key.endswith("options") and len(value):
-            keys.extend(flat_keys(value, path + "."))
-        else:
-            keys.append(path)
-    return keys
-
-
-def _unknown_key_error(key: str, known: Iterable[str], where: str) -> ValueError:
-    known = list(known)
-    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; known keys: {sorted(known)}"
-    return ValueError(f"{where}: unknown config key '{key}'{hint}")
-
-
-def check_override_keys(config: Mapping[str, Any], overrides: Iterable[str]) -> None:
-    """Raises for an override path (``a.b.c``) that is not a key of ``config``.
-
-    Paths under an ``options`` dictionary (estimator and task options) are free-form and are
-    checked by :func:`validate` instead.
-    """
-    known = set(flat_keys(config))
-    for key in overrides:
-        if key in known or any(key.startswith(f"{k}.") for k in known if k.endswith("options")):
-            continue
-        raise _unknown_key_error(key, known, "override --config." + key)
-
-
-def _check_section(config: Mapping[str, Any], name: str, defaults: Mapping[str, Any]) -> None:
-    for key in config.get(name, {}):
-        if key not in defaults:
-            raise _unknown_key_error(f"{name}.{key}", [f"{name}.{k}" for k in defaults], name)
-
-
-def _check_estimator_options(estimator: str, options: Mapping[str, Any]) -> None:
-    entry = advantages.spec(estimator)
-    parameters = inspect.signature(entry.fn).parameters
-    allowed = [p for p, v in parameters.items()
-               if v.kind is inspect.Parameter.KEYWORD_ONLY and p not in entry.inputs]
-    for key in options:
-        if key not in allowed:
-            raise _unknown_key_error(
-                f"advantage.options.{key}", [f"advantage.options.{k}" for k in allowed],
-                f"estimator {estimator!r}",
-            )
-
-
-def validate(config: Mapping[str, Any]) -> None:
-    """Checks every section's keys and the values that can be checked without loading anything.
-
-    Raises ``ValueError`` naming the offending key (with the closest valid keys for typos).
-    """
-    reference = base_config()
-    for key in config:
-        if key not in reference:
-            raise _unknown_key_error(key, list(reference), "config")
-    for name in reference:
-        if _is_section(reference[name]):
-            _check_section(config, name, reference[name])
-    advantage = config["advantage"]
-    advantages.spec(advantage["estimator"])
-    _check_estimator_options(advantage["estimator"], advantage["options"])
-    train_step_lib.check_loss_settings(config["loss"])
-    train_step_lib.check_step_settings(config["step"])
-    optimizer_lib.settings(config["optim"])
-    rollout = config["rollout"]
-    if rollout["group_size"] < 1 or rollout["prompts_per_step"] < 1:
-        raise ValueError("rollout.group_size and rollout.prompts_per_step must be >= 1")
-    if rollout["old_logp_source"] not in ("trainer", "sampler"):
+def check_options(fn: Callable[..., Any], options: Mapping[str, Any], where: str,
+                  inputs: tuple[str, ...] = (), hint: str = "") -> None:
+    """Raises naming ``where.<key>`` for an option that is not a keyword argument of ``fn``."""
+    allowed = keyword_defaults(fn, exclude=inputs)
+    for key in sorted(set(options) - set(allowed)):
+        close = difflib.get_close_matches(key, allowed, n=1)
+        guess = f"; did you mean {where}.{close[0]}?" if close else "."
         raise ValueError(
-            f"rollout.old_logp_source={rollout['old_logp_source']!r}; expected 'trainer' or "
+            f"unknown option '{where}.{key}' for {fn.__name__}{guess} Known options: "
+            f"{sorted(allowed)}{hint}"
+        )
+
+
+def _positive(config: ml_collections.ConfigDict, *paths: str) -> None:
+    for path in paths:
+        section, key = path.split(".")
+        if config[section][key] < 1:
+            raise ValueError(f"{path} must be >= 1, got {config[section][key]}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks the values that can be checked without loading anything.
+
+    Raises ``ValueError`` naming the offending key. Keys themselves are checked by the lock.
+    """
+    estimator = advantages.spec(config.advantage.estimator)
+    check_options(estimator.fn, config.advantage.options, "advantage.options", estimator.inputs,
+                  hint="; a recipe variant (configs/<recipe>.py:<variant>) sets an estimator "
+                  "together with its options")
+    losses.check_settings(**config.loss)
+    optimizer.make_optimizer(**config.optim)
+    sampling.SamplingStrategy(**config.rollout.sampling)
+    sampling.SamplingStrategy(**config.eval.sampling)
+    _positive(config, "rollout.group_size", "rollout.prompts_per_step", "batching.epochs",
+              "batching.mini_batches", "batching.micro_batches", "batching.logprob_chunk_size")
+    rollout = config.rollout
+    if rollout.old_logp_source not in ("trainer", "sampler"):
+        raise ValueError(
+            f"rollout.old_logp_source={rollout.old_logp_source!r}; expected 'trainer' or "
             "'sampler'"
         )
-    if rollout["overlong_buffer"] and advantage["estimator"] == "asym_grpo":
+    if rollout.overlong_buffer and config.advantage.estimator == "asym_grpo":
         raise ValueError(
             "rollout.overlong_buffer makes rewards non-binary, but advantage.estimator="
             "'asym_grpo' requires binary rewards"
         )
-    if not 0 <= rollout["overlong_buffer"] <= rollout["max_new_tokens"]:
+    if not 0 <= rollout.overlong_buffer <= rollout.max_new_tokens:
         raise ValueError(
-            f"rollout.overlong_buffer={rollout['overlong_buffer']} must be in "
-            f"[0, rollout.max_new_tokens={rollout['max_new_tokens']}]"
+            f"rollout.overlong_buffer={rollout.overlong_buffer} must be in "
+            f"[0, rollout.max_new_tokens={rollout.max_new_tokens}]"
         )
-    sequences = rollout["prompts_per_step"] * rollout["group_size"]
-    per_update = config["step"]["mini_batches"] * config["step"]["micro_batches"]
+    sequences = rollout.prompts_per_step * rollout.group_size
+    per_update = config.batching.mini_batches * config.batching.micro_batches
     if sequences % per_update:
         raise ValueError(
             f"rollout.prompts_per_step x rollout.group_size = {sequences} sequences do not split "
-            f"into step.mini_batches x step.micro_batches = {per_update}"
+            f"into batching.mini_batches x batching.micro_batches = {per_update}"
         )

@@ -10,14 +10,14 @@ the mean entropy of the sampling distribution.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 
-from rlvr_jax import metrics
-from rlvr_jax.rollout import Groups, Sampler, strategy_from
+from rlvr_jax import metrics, sampling
+from rlvr_jax.rollout import Groups, Sampler
 
 
 def pass_at_k_ks(n: int) -> list[int]:
@@ -31,13 +31,14 @@ def evaluate(
     params: Any,
     examples: list[dict[str, Any]],
     key: jax.Array,
-    settings: Mapping[str, Any],
+    settings: ml_collections.ConfigDict,
     max_new_tokens: int,
     batch_prompts: int,
 ) -> tuple[dict[str, float], Groups]:
-    """Evaluates ``params`` on ``examples``; returns metrics and the sampled groups."""
-    n = int(settings["samples_per_prompt"])
-    strategy = strategy_from(settings)
+    """Evaluates ``params`` on ``examples`` with the ``eval`` config section ``settings``;
+    returns metrics and the sampled groups."""
+    n = settings.samples_per_prompt
+    strategy = sampling.SamplingStrategy(**settings.sampling)
     parts = []
     for start in range(0, len(examples), batch_prompts):
         chunk = examples[start:start + batch_prompts]

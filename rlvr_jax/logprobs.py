@@ -17,12 +17,14 @@ its gradient); the forward saves only ``[B, T]`` statistics.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
-from rlvr_jax import models
+from rlvr_jax import models, sharding
 
 DEFAULT_CHUNK_SIZE = 256
 
@@ -188,3 +190,32 @@ def token_logprobs(
     valid = mask[:, 1:] & mask[:, :-1]  # [B, T - 1]
     shift = lambda x: jnp.pad(jnp.where(valid, x, 0.0), ((0, 0), (1, 0)))  # noqa: E731
     return TokenLogprobs(shift(logprobs), shift(entropy), jnp.pad(valid, ((0, 0), (1, 0))))
+
+
+def make_logprob_fn(
+    config: models.ModelConfig,
+    mesh: Mesh,
+    rules: sharding.LogicalRules,
+    params_shardings: Any,
+    *,
+    chunk_size: int,
+) -> Callable[[Any, jax.Array, jax.Array], TokenLogprobs]:
+    """:func:`token_logprobs` jitted on a mesh: ``(params, tokens [N, T], attention_mask [N, T])
+    -> TokenLogprobs [N, T]``, rows sharded over the batch mesh axes.
+
+    The rollout computes with it the current policy's log-probs (the old policy of the
+    update), the frozen reference policy's (for the KL term) and the prompt log-probs ProGRPO's
+    prompt confidence needs: the same code path as the train step's log-probs.
+    """
+    rows = sharding.batch_sharding(mesh, rules)
+
+    def compute(params, tokens, attention_mask):
+        return token_logprobs(config, params, tokens, attention_mask, chunk_size=chunk_size)
+
+    jitted = jax.jit(compute, in_shardings=(params_shardings, rows, rows), out_shardings=rows)
+
+    def run(params: Any, tokens: jax.Array, attention_mask: jax.Array) -> TokenLogprobs:
+        with sharding.activate(mesh, rules):
+            return jitted(params, tokens, attention_mask)
+
+    return run

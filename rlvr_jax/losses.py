@@ -56,6 +56,9 @@ AGGREGATIONS: tuple[str, ...] = (
     "seq_sum_over_max_len",
 )
 KL_KINDS: tuple[str, ...] = ("k1", "k2", "k3")
+LOSS_INPUTS: tuple[str, ...] = ("logp_ref", "entropy", "normalizer", "metrics_normalizer")
+"""Keyword arguments of :func:`policy_loss` that are arrays; the others are its settings (the
+``loss`` config section)."""
 
 
 def kl_penalty(logp: Array, logp_ref: Array, kind: KLKind = "k3") -> Array:
@@ -79,6 +82,22 @@ def _check_aggregation(aggregation: str) -> None:
         raise ValueError(
             f"unknown loss aggregation {aggregation!r}; expected one of {AGGREGATIONS}"
         )
+
+
+def check_settings(
+    *, clip_low: float, clip_high: float, dual_clip: float | None, kl_coef: float,
+    kl_kind: str, entropy_coef: float, aggregation: str, max_len: int | None,
+) -> None:
+    """Raises ``ValueError`` naming the setting of :func:`policy_loss` that is out of range."""
+    del kl_coef, entropy_coef, max_len  # any value is valid
+    _check_aggregation(aggregation)
+    if kl_kind not in KL_KINDS:
+        raise ValueError(f"unknown KL estimator {kl_kind!r}; expected one of {KL_KINDS}")
+    for name, value in (("clip_low", clip_low), ("clip_high", clip_high)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"loss.{name} must be in [0, 1), got {value}")
+    if dual_clip is not None and dual_clip <= 1.0:
+        raise ValueError(f"loss.dual_clip must be > 1, got {dual_clip}")
 
 
 def loss_normalizer(mask: Array, aggregation: Aggregation, max_len: int | None = None) -> Array:
@@ -153,7 +172,9 @@ def policy_loss(
       ``ratio_mean``, ``ratio_max``, ``ratio_min`` (``-inf``/``+inf``, the identities of max/min,
       when no token is valid).
     """
-    _check_aggregation(aggregation)
+    check_settings(clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip, kl_coef=kl_coef,
+                   kl_kind=kl_kind, entropy_coef=entropy_coef, aggregation=aggregation,
+                   max_len=max_len)
     logp = jnp.asarray(logp)
     if jnp.shape(logp_old) != logp.shape or jnp.shape(mask) != logp.shape:
         raise ValueError(
@@ -171,8 +192,6 @@ def policy_loss(
         raise ValueError("policy_loss: kl_coef > 0 needs logp_ref")
     if entropy_coef and entropy is None:
         raise ValueError("policy_loss: entropy_coef > 0 needs entropy")
-    if dual_clip is not None and dual_clip <= 1.0:
-        raise ValueError(f"policy_loss: dual_clip must be > 1, got {dual_clip}")
 
     mask = jnp.asarray(mask).astype(jnp.float32)
     valid = mask > 0

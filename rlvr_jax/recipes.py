@@ -2,8 +2,8 @@
 
 A recipe config calls ``apply_variant(config, name)`` to turn a base setup into one algorithm.
 Every choice is an ordinary config key, so a command line can still override it; the
-estimators' own hyper-parameters are written out in ``advantage.options`` (with the spec's
-defaults) so sweeps can override them, e.g. ``--config.advantage.options.alpha=0.5``.
+estimator's options are filled in from its signature's defaults (:func:`estimator_options`)
+so sweeps can override them, e.g. ``--config.advantage.options.alpha=0.5``.
 
 =============== ======================= ============================================================
 variant         estimator               loss / rollout settings
@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlvr_jax.config import base_config
+from rlvr_jax import advantages
+from rlvr_jax.config import base_config, keyword_defaults
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "grpo": {"advantage.estimator": "grpo", "loss.aggregation": "seq_mean_token_mean"},
@@ -36,13 +37,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "reinforce_pp": {"advantage.estimator": "reinforce_pp_baseline",
                      "loss.aggregation": "token_mean"},
     "progrpo": {"advantage.estimator": "progrpo", "loss.aggregation": "token_mean",
-                "loss.clip_high": 0.28,
-                "advantage.options": {"alpha": 1.0, "rho_low": 0.2, "confidence": "low_tokens"}},
-    "asym_grpo": {"advantage.estimator": "asym_grpo", "loss.aggregation": "token_mean",
-                  "advantage.options": {"beta_pos": 0.9, "beta_neg": 0.4}},
-    "lens": {"advantage.estimator": "lens", "loss.aggregation": "token_mean",
-             "advantage.options": {"alpha": 0.25}},
+                "loss.clip_high": 0.28},
+    "asym_grpo": {"advantage.estimator": "asym_grpo", "loss.aggregation": "token_mean"},
+    "lens": {"advantage.estimator": "lens", "loss.aggregation": "token_mean"},
 }
+
+
+def estimator_options(estimator: str) -> dict[str, Any]:
+    """The options of ``estimator`` with the defaults of its signature."""
+    entry = advantages.spec(estimator)
+    return keyword_defaults(entry.fn, exclude=entry.inputs)
 
 
 def apply_variant(config: Any, variant: str | None) -> Any:
@@ -52,9 +56,10 @@ def apply_variant(config: Any, variant: str | None) -> Any:
         raise ValueError(f"unknown variant {variant!r}; known variants: {', '.join(VARIANTS)}")
     for path, value in VARIANTS[variant].items():
         if value == "quarter":
-            value = max(1, int(config.rollout.max_new_tokens) // 4)
+            value = max(1, config.rollout.max_new_tokens // 4)
         section, key = path.split(".")
-        config[section][key] = dict(value) if isinstance(value, dict) else value
+        config[section][key] = value
+    config.advantage.options = estimator_options(config.advantage.estimator)
     return config
 
 
@@ -91,8 +96,8 @@ def math_rl_config(
     config.rollout.max_new_tokens = 4096
     config.rollout.prompt_bucket = 128
     config.rollout.length_bucket = 512
-    config.step.mini_batches = 4
-    config.step.micro_batches = 16
+    config.batching.mini_batches = 4
+    config.batching.micro_batches = 16
     config.optim.learning_rate = 1e-6
     config.optim.weight_decay = 0.1
     config.optim.warmup_steps = 10

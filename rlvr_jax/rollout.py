@@ -1,20 +1,22 @@
 """Prompts -> groups of completions -> verified rewards -> advantages -> a training batch.
 
-One rollout step, host side around two compiled functions (``sampling.generate`` and the
-train step's scorer), all on the training parameters:
+One rollout step, host side around two compiled functions (``sampling.generate`` and
+``logprobs.make_logprob_fn``), both on the training parameters, in pieces that each do one
+thing (:func:`collect` composes them):
 
-1. ``B`` prompts from a deterministic, resumable :class:`PromptStream`, chat-formatted and
-   left-padded (lengths rounded up to ``rollout.prompt_bucket``).
-2. ``G`` completions each; random numbers depend only on the run seed, the step and the
-   prompt's stream position, so two runs that differ only in the estimator see identical
-   first rollouts (paired-seed experiments).
-3. Verifier rewards ``[B, G]`` (process pool, timeouts), plus DAPO's overlong penalty in
-   tokens when ``rollout.overlong_buffer > 0``. With ``rollout.dynamic_sampling`` groups whose
-   rewards are all equal are dropped and new prompts drawn, up to ``max_sampling_rounds``
-   rounds; if the batch is still short it is filled with dropped groups (counted).
-4. Log-probs and full-vocabulary entropies of prompt and response tokens under the current
-   policy (and the frozen reference, for the KL term), the sampler-vs-trainer log-prob gap,
-   and the configured advantage estimator.
+1. :func:`sample_groups`: ``B`` prompts from a deterministic, resumable :class:`PromptStream`,
+   chat-formatted and left-padded (lengths rounded up to ``rollout.prompt_bucket``), ``G``
+   completions each, verified into rewards ``[B, G]`` (process pool, timeouts). Random numbers
+   depend only on the run seed, the step and the prompt's stream position, so two runs that
+   differ only in the estimator see identical first rollouts (paired-seed experiments). With
+   ``rollout.dynamic_sampling`` groups whose rewards are all equal are dropped and new prompts
+   drawn (:class:`SamplingRounds` counts them).
+2. :func:`prompt_and_completion_tokens`: the ``[N, P + L]`` token arrays (``N = B * G``).
+3. Log-probs and full-vocabulary entropies of prompt and response tokens under the current
+   policy (and the frozen reference, for the KL term), fetched to every host.
+4. :func:`shaped_rewards` (DAPO's overlong penalty in tokens) and :func:`train_batch` (old
+   log-probs and the configured advantage estimator), pure NumPy on the host.
+5. :func:`rollout_metrics`: every figure of the rollout, a pure function of the above.
 
 The result is the train batch of ``train_step`` (``N = B * G`` rows) and a dict of metrics.
 Multi-host: every process draws the same global prompts and gathers the generations; each
@@ -26,14 +28,15 @@ from each host's rows.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from rlvr_jax import advantages, metrics, models, sampling, shaping
+from rlvr_jax import advantages, logprobs, metrics, models, sampling, shaping
 from rlvr_jax.data.sampling import epoch_order
 from rlvr_jax.rewards.distributed import score_across_processes
 
@@ -140,7 +143,7 @@ class Sampler:
     length_bucket: int
     eos_ids: tuple[int, ...]
     pad_id: int
-    unstack_layers: bool = True  # sampling.generate's per-layer decode loop
+    unstack_layers: bool  # sampling.generate's per-layer decode loop
 
     def encode(self, examples: list[dict[str, Any]]) -> list[list[int]]:
         """Chat-formatted prompt token lists; raises on a prompt over ``max_prompt_len``."""
@@ -198,15 +201,7 @@ class Sampler:
         )
 
 
-def strategy_from(settings: Mapping[str, Any]) -> sampling.SamplingStrategy:
-    """A sampling strategy from a config section with temperature/top_k/top_p/min_p."""
-    return sampling.SamplingStrategy(
-        temperature=float(settings.get("temperature", 1.0)), top_k=int(settings.get("top_k", 0)),
-        top_p=float(settings.get("top_p", 1.0)), min_p=float(settings.get("min_p", 0.0)),
-    )
-
-
-def assemble(groups: Groups, bucket: int, pad_id: int) -> Batch:
+def prompt_and_completion_tokens(groups: Groups, bucket: int, pad_id: int) -> Batch:
     """Train-batch token arrays for ``N = B * G`` rows: prompt (left-padded) + completion."""
     prompt_tokens, prompt_mask = left_pad(groups.prompt_ids, bucket, pad_id)  # [B, P]
     B, G, L = groups.completion_tokens.shape
@@ -216,82 +211,124 @@ def assemble(groups: Groups, bucket: int, pad_id: int) -> Batch:
     return {
         "tokens": tokens.astype(np.int32),  # [N, P + L]
         "attention_mask": mask,  # [N, P + L]
-        "response_mask": groups.completion_mask.reshape(B * G, L).astype(np.float32),
+        "response_mask": groups.completion_mask.reshape(B * G, L).astype(np.float32),  # [N, L]
     }
 
 
-def collect(
-    sampler: Sampler,
-    stream: PromptStream,
-    params: Any,
-    key: jax.Array,
-    rollout: Mapping[str, Any],
-    advantage: Mapping[str, Any],
-    score: Callable[[Any, np.ndarray, np.ndarray], Any],
-    reference_params: Any = None,
-) -> tuple[Batch, dict[str, float], Groups]:
-    """One rollout: the train batch, its metrics, and the groups (for sample logging).
+@dataclasses.dataclass(frozen=True)
+class SamplingRounds:
+    """How dynamic sampling filled the batch: rounds drawn, mixed groups kept (at most B)."""
 
-    For a ``mixture`` task the metrics also hold ``reward_mean/<component>`` and
-    ``groups/<component>`` (see ``MixtureTask.group_metrics``).
+    rounds: int
+    mixed_groups_kept: int
+
+
+def sample_groups(
+    sampler: Sampler, stream: PromptStream, params: Any, key: jax.Array,
+    rollout: ml_collections.ConfigDict,
+) -> tuple[Groups, SamplingRounds]:
+    """``B = rollout.prompts_per_step`` groups of ``G = rollout.group_size`` completions.
+
+    Without ``rollout.dynamic_sampling``: the next ``B`` prompts of the stream. With it, groups
+    whose rewards are all equal are dropped and ``B`` more prompts drawn, up to
+    ``rollout.max_sampling_rounds`` rounds; a batch still short is filled with dropped groups.
+    Round ``i`` samples with ``fold_in(key, i)``.
     """
-    B, G = int(rollout["prompts_per_step"]), int(rollout["group_size"])
-    strategy = strategy_from(rollout)
+    B = rollout.prompts_per_step
+    strategy = sampling.SamplingStrategy(**rollout.sampling)
     kept: list[Groups] = []
     dropped: list[Groups] = []
     rounds = 0
     while sum(len(g.examples) for g in kept) < B:
         examples, positions = stream.take(B)
         groups = sampler.sample(
-            params, examples, positions, jax.random.fold_in(key, rounds), num_samples=G,
-            max_new_tokens=int(rollout["max_new_tokens"]), strategy=strategy,
+            params, examples, positions, jax.random.fold_in(key, rounds),
+            num_samples=rollout.group_size, max_new_tokens=rollout.max_new_tokens,
+            strategy=strategy,
         )
         rounds += 1
-        if not rollout["dynamic_sampling"]:
+        if not rollout.dynamic_sampling:
             kept.append(groups)
             break
         mixed = np.asarray(shaping.mixed_groups(groups.rewards))
         kept.append(groups.select(np.nonzero(mixed)[0]))
         dropped.append(groups.select(np.nonzero(~mixed)[0]))
-        if rounds >= int(rollout["max_sampling_rounds"]):
+        if rounds >= rollout.max_sampling_rounds:
             break
     num_mixed = sum(len(g.examples) for g in kept)
     groups = Groups.concatenate([g for g in kept + dropped if len(g.examples)])
-    groups = groups.select(np.arange(B))
+    return groups.select(np.arange(B)), SamplingRounds(rounds, min(num_mixed, B))
 
-    batch = assemble(groups, sampler.prompt_bucket, sampler.pad_id)
-    N, T = batch["tokens"].shape
-    L = groups.completion_tokens.shape[-1]
-    P = T - L
-    scores = score(params, batch["tokens"], batch["attention_mask"])
-    trainer_logp = np.asarray(scores.logprobs)[:, P:]  # [N, L]
-    entropy = np.asarray(scores.entropy)[:, P:]
-    response_mask = batch["response_mask"]
-    sampler_logp = groups.sampler_policy_logp.reshape(N, L)
-    gap = np.abs(sampler_logp - trainer_logp)[response_mask > 0]
-    batch["old_logp"] = trainer_logp if rollout["old_logp_source"] == "trainer" else sampler_logp
-    if reference_params is not None:
-        batch["ref_logp"] = np.asarray(
-            score(reference_params, batch["tokens"], batch["attention_mask"]).logprobs)[:, P:]
 
+def shaped_rewards(groups: Groups, rollout: ml_collections.ConfigDict) -> np.ndarray:
+    """Verifier rewards ``[B, G]`` plus DAPO's overlong penalty (in tokens) when
+    ``rollout.overlong_buffer > 0``."""
+    if not rollout.overlong_buffer:
+        return groups.rewards
     lengths = groups.completion_mask.sum(-1)  # [B, G]
-    rewards = groups.rewards
-    if rollout["overlong_buffer"]:
-        rewards = rewards + float(rollout["overlong_coef"]) * np.asarray(shaping.overlong_penalty(
-            lengths, max_len=int(rollout["max_new_tokens"]),
-            cache_len=int(rollout["overlong_buffer"])))
-    stats = {
-        "logp": batch["old_logp"].reshape(B, G, L),
-        "response_mask": response_mask.reshape(B, G, L),
-        "prompt_logp": np.asarray(scores.logprobs)[::G, :P],
-        "prompt_mask": np.asarray(scores.mask)[::G, :P],
-    }
-    adv = np.asarray(advantages.compute(
-        advantage["estimator"], rewards, stats, **dict(advantage["options"])), np.float32)
-    batch["advantages"] = adv.reshape(N, *adv.shape[2:])
+    penalty = shaping.overlong_penalty(lengths, max_len=rollout.max_new_tokens,
+                                       cache_len=rollout.overlong_buffer)
+    return groups.rewards + rollout.overlong_coef * np.asarray(penalty)
 
-    valid = response_mask > 0
-    out = {
+
+def train_batch(
+    groups: Groups,
+    tokens: Batch,
+    policy: logprobs.TokenLogprobs,
+    rewards: np.ndarray,
+    config: ml_collections.ConfigDict,
+    reference_logp: np.ndarray | None = None,
+) -> Batch:
+    """The train batch of ``train_step``: ``tokens`` plus old log-probs and advantages.
+
+    ``policy`` holds the current policy's host log-probs ``[N, T]`` of ``tokens``; the old
+    log-probs are its response part, or the sampler's when ``rollout.old_logp_source ==
+    "sampler"``. Advantages come from ``config.advantage`` on ``rewards [B, G]``, with the
+    log-prob statistics the estimator needs (``[B, G, L]`` response, ``[B, P]`` prompt).
+    """
+    B, G, L = groups.completion_tokens.shape
+    N, T = tokens["tokens"].shape
+    P = T - L
+    old_logp = (policy.logprobs[:, P:] if config.rollout.old_logp_source == "trainer"
+                else groups.sampler_policy_logp.reshape(N, L))  # [N, L]
+    stats = {
+        "logp": old_logp.reshape(B, G, L),
+        "response_mask": tokens["response_mask"].reshape(B, G, L),
+        "prompt_logp": policy.logprobs[::G, :P],  # [B, P]
+        "prompt_mask": policy.mask[::G, :P],
+    }
+    adv = np.asarray(advantages.compute(config.advantage.estimator, rewards, stats,
+                                        **config.advantage.options), np.float32)
+    batch = {**tokens, "old_logp": old_logp, "advantages": adv.reshape(N, *adv.shape[2:])}
+    if reference_logp is not None:
+        batch["ref_logp"] = reference_logp[:, P:]
+    return batch
+
+
+def rollout_metrics(
+    groups: Groups,
+    batch: Batch,
+    policy: logprobs.TokenLogprobs,
+    rewards: np.ndarray,
+    rounds: SamplingRounds,
+    eos_ids: tuple[int, ...],
+) -> dict[str, float]:
+    """Figures of one rollout, from the host arrays alone.
+
+    Rewards, unbiased pass@k over the group, group fractions, answer diversity, response
+    lengths, full-vocabulary ``entropy`` of the current policy and the sampler's, the
+    sampled-token NLL (named as such), the sampler-vs-trainer log-prob gap, the mean
+    ``|advantage|``, verifier timeouts / crashes, dynamic-sampling rounds and the tokens seen.
+    """
+    L = groups.completion_tokens.shape[-1]
+    N, T = batch["tokens"].shape
+    P = T - L
+    valid = batch["response_mask"] > 0  # [N, L]
+    trainer_logp = policy.logprobs[:, P:]  # [N, L]
+    gap = np.abs(groups.sampler_policy_logp.reshape(N, L) - trainer_logp)[valid]
+    lengths = groups.completion_mask.sum(-1)  # [B, G]
+    masked_mean = lambda x, m: float(x[m].mean()) if m.any() else 0.0  # noqa: E731
+    return {
         "reward_mean": float(groups.rewards.mean()),
         "shaped_reward_mean": float(rewards.mean()),
         **{f"pass@{k}": v for k, v in metrics.pass_at_k_curve(groups.rewards).items()},
@@ -300,23 +337,48 @@ def collect(
         **metrics.answer_diversity(groups.answers, groups.rewards),
         "response_length_mean": float(lengths.mean()),
         "response_length_max": float(lengths.max()),
-        "frac_hit_max_tokens": float(np.mean(
-            (lengths == L) & ~_ends_with_eos(groups, sampler.eos_ids))),
-        "entropy": float(entropy[valid].mean()) if valid.any() else 0.0,
-        "sampling_entropy": float(groups.sampling_entropy[groups.completion_mask].mean())
-        if valid.any() else 0.0,
-        "sampled_token_nll": float(-trainer_logp[valid].mean()) if valid.any() else 0.0,
-        "truncated_mass": float(groups.truncated_mass[groups.completion_mask].mean())
-        if valid.any() else 0.0,
+        "frac_hit_max_tokens": float(np.mean((lengths == L) & ~_ends_with_eos(groups, eos_ids))),
+        "entropy": masked_mean(policy.entropy[:, P:], valid),
+        "sampling_entropy": masked_mean(groups.sampling_entropy, groups.completion_mask),
+        "sampled_token_nll": masked_mean(-trainer_logp, valid),
+        "truncated_mass": masked_mean(groups.truncated_mass, groups.completion_mask),
         "sampler_trainer_logp_gap_mean": float(gap.mean()) if gap.size else 0.0,
         "sampler_trainer_logp_gap_max": float(gap.max()) if gap.size else 0.0,
-        "advantage_abs_mean": float(np.abs(adv).mean()),
+        "advantage_abs_mean": float(np.abs(batch["advantages"]).mean()),
         "verifier_timeouts": float(groups.timeouts),
         "verifier_crashes": float(groups.crashes),
-        "sampling_rounds": float(rounds),
-        "mixed_groups_kept": float(min(num_mixed, B)),
-        "tokens": float(valid.sum() + np.asarray(batch["attention_mask"][:, :P]).sum()),
+        "sampling_rounds": float(rounds.rounds),
+        "mixed_groups_kept": float(rounds.mixed_groups_kept),
+        "tokens": float(valid.sum() + batch["attention_mask"][:, :P].sum()),
     }
+
+
+def collect(
+    sampler: Sampler,
+    stream: PromptStream,
+    params: Any,
+    key: jax.Array,
+    config: ml_collections.ConfigDict,
+    logprob_fn: Callable[[Any, jax.Array, jax.Array], logprobs.TokenLogprobs],
+    reference_params: Any = None,
+) -> tuple[Batch, dict[str, float], Groups]:
+    """One rollout: the train batch, its metrics, and the groups (for sample logging).
+
+    Composes the pieces above around the two compiled functions (``sampler`` and
+    ``logprob_fn``). For a ``mixture`` task the metrics also hold ``reward_mean/<component>``
+    and ``groups/<component>`` (see ``MixtureTask.group_metrics``).
+    """
+    groups, rounds = sample_groups(sampler, stream, params, key, config.rollout)
+    tokens = prompt_and_completion_tokens(groups, sampler.prompt_bucket, sampler.pad_id)
+    policy = logprobs.TokenLogprobs(*map(to_host, logprob_fn(
+        params, tokens["tokens"], tokens["attention_mask"])))  # [N, T] each
+    reference_logp = None
+    if reference_params is not None:
+        reference_logp = to_host(logprob_fn(
+            reference_params, tokens["tokens"], tokens["attention_mask"]).logprobs)
+    rewards = shaped_rewards(groups, config.rollout)
+    batch = train_batch(groups, tokens, policy, rewards, config, reference_logp)
+    out = rollout_metrics(groups, batch, policy, rewards, rounds, sampler.eos_ids)
     out.update(sampler.task.group_metrics(groups.examples, groups.rewards))
     return batch, out, groups
 

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlvr_jax import checkpoint, evaluation, models, rewards, rollout, sharding
+from rlvr_jax import checkpoint, evaluation, logprobs, models, rewards, rollout, sharding
 from rlvr_jax import config as config_lib
 from rlvr_jax import logging as run_logging
 from rlvr_jax import optimizer as optimizer_lib
@@ -34,8 +34,6 @@ from rlvr_jax import train_step as train_step_lib
 
 def _device_batch(batch: Mapping[str, np.ndarray], mesh, rules) -> dict[str, jax.Array]:
     """Places the host batch on the mesh (each process contributes its rows)."""
-    if jax.process_count() == 1:
-        return jax.device_put(dict(batch), train_step_lib.batch_partition(mesh, rules))
     n = len(batch["tokens"])
     rows = sharding.host_local_batch_slice(n, mesh, rules)
     return sharding.make_global_batch({k: v[rows] for k, v in batch.items()}, n, mesh, rules)
@@ -58,6 +56,7 @@ def run(config: Any, workdir: str) -> dict[str, float]:
     Returns the metrics of the last step and of the final evaluation.
     """
     config_lib.validate(config)
+    tx, schedule = optimizer_lib.make_optimizer(**config.optim)
     sharding.initialize_distributed()
     os.makedirs(workdir, exist_ok=True)
     main_process = jax.process_index() == 0
@@ -75,8 +74,6 @@ def run(config: Any, workdir: str) -> dict[str, float]:
     eos_ids = model_config.eos_token_ids or (tokenizer.eos_token_id,)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
 
-    tx = optimizer_lib.make_optimizer(config.optim)
-    schedule = optimizer_lib.learning_rate_schedule(config.optim)
     state, shardings = train_step_lib.create_train_state(
         model_config, tx, jax.random.key(config.seed), mesh, rules, params=params)
     reference = None
@@ -84,12 +81,13 @@ def run(config: Any, workdir: str) -> dict[str, float]:
         reference = jax.tree.map(jnp.copy, state.params)  # frozen: never donated
     del params
     step_fn = train_step_lib.make_train_step(config, model_config, tx, mesh, rules, shardings)
-    scorer = train_step_lib.make_scorer(config, model_config, mesh, rules, shardings.params)
+    logprob_fn = logprobs.make_logprob_fn(model_config, mesh, rules, shardings.params,
+                                          chunk_size=config.batching.logprob_chunk_size)
     sampler = rollout.Sampler(
-        model_config, tokenizer, task, int(config.rollout.max_prompt_len),
-        int(config.rollout.prompt_bucket), int(config.rollout.length_bucket),
-        tuple(int(i) for i in eos_ids), int(pad_id),
-        unstack_layers=bool(config.rollout.unstack_decode_layers),
+        model_config, tokenizer, task, max_prompt_len=config.rollout.max_prompt_len,
+        prompt_bucket=config.rollout.prompt_bucket, length_bucket=config.rollout.length_bucket,
+        eos_ids=tuple(int(i) for i in eos_ids), pad_id=int(pad_id),
+        unstack_layers=config.rollout.unstack_decode_layers,
     )
     stream = rollout.PromptStream(task, config.task.train_split, config.seed)
     eval_task = task
@@ -97,21 +95,21 @@ def run(config: Any, workdir: str) -> dict[str, float]:
         eval_task = rewards.get_task(config.eval.task, **config.eval.task_options.to_dict())
     eval_sampler = dataclasses.replace(sampler, task=eval_task)
     eval_examples = eval_task.examples(config.task.eval_split, seed=config.seed,
-                                       n=int(config.eval.num_prompts))
-    eval_tokens = int(config.eval.max_new_tokens or config.rollout.max_new_tokens)
+                                       n=config.eval.num_prompts)
+    eval_tokens = config.eval.max_new_tokens or config.rollout.max_new_tokens
     rollout_key = jax.random.fold_in(jax.random.key(config.seed), 1)
     eval_key = jax.random.fold_in(jax.random.key(config.seed), 2)
 
     def run_eval(step: int, log: run_logging.RunLogger) -> dict[str, float]:
         results, groups = evaluation.evaluate(
             eval_sampler, state.params, eval_examples, eval_key, config.eval, eval_tokens,
-            batch_prompts=int(config.rollout.prompts_per_step))
+            batch_prompts=config.rollout.prompts_per_step)
         scalars = {f"eval/{k}": v for k, v in results.items()}
         log.scalars(step, scalars)
         log.texts(step, {f"eval_{k}": v for k, v in _sample_texts(groups, 1).items()})
         return scalars
 
-    total = int(config.total_steps)
+    total = config.total_steps
     ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
     last: dict[str, float] = {}
     with checkpoint.Checkpointer(
@@ -134,7 +132,7 @@ def run(config: Any, workdir: str) -> dict[str, float]:
                 began = time.perf_counter()
                 batch, stats, groups = rollout.collect(
                     sampler, stream, state.params, jax.random.fold_in(rollout_key, step),
-                    config.rollout, config.advantage, scorer, reference)
+                    config, logprob_fn, reference)
                 rollout_seconds = time.perf_counter() - began
                 state, step_metrics = step_fn(state, _device_batch(batch, mesh, rules))
                 step_metrics = {k: float(v) for k, v in step_metrics.items()}
@@ -145,12 +143,12 @@ def run(config: Any, workdir: str) -> dict[str, float]:
                     "time/step_seconds": seconds, "time/rollout_seconds": rollout_seconds,
                     "time/tokens_per_second": stats["tokens"] / seconds,
                     "update/learning_rate": float(
-                        schedule(step * config.step.mini_batches * config.step.epochs)),
+                        schedule(step * config.batching.mini_batches * config.batching.epochs)),
                 }
                 log.scalars(step + 1, scalars)
-                log.texts(step + 1, _sample_texts(groups, int(config.logging.num_sample_texts)))
+                log.texts(step + 1, _sample_texts(groups, config.logging.num_sample_texts))
                 last.update(scalars)
-                every = int(config.eval.every_steps)
+                every = config.eval.every_steps
                 if (every and (step + 1) % every == 0) or step + 1 == total:
                     last.update(run_eval(step + 1, log))
                 stop = guard.should_stop()
@@ -175,19 +173,17 @@ def run(config: Any, workdir: str) -> dict[str, float]:
     return last
 
 
-def _override_keys(argv: list[str]) -> list[str]:
-    keys = []
-    for arg in argv:
-        if arg.startswith("--config."):
-            keys.append(arg[len("--config."):].split("=", 1)[0])
-    return keys
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing; a ``--config.<key>`` override that names no key exits with
+    ml_collections' own message (which suggests the closest key) instead of a traceback."""
+    from absl import flags
 
-
-def _check_overrides_early(argv: list[str]) -> None:
-    """Fails on a misspelt ``--config.<key>`` with the closest valid keys, before absl does."""
-    keys = _override_keys(argv)
-    if keys:
-        config_lib.check_override_keys(config_lib.base_config(), keys)
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as error:
+        overrides = [arg for arg in argv if arg.startswith("--config.")]
+        message = str(error.args[0] if error.args else error).strip("\"'")
+        sys.exit(f"error: unknown config key in {' '.join(overrides)}: {message}")
 
 
 def main() -> None:
@@ -198,16 +194,13 @@ def main() -> None:
         "config", None, "Recipe: configs/<recipe>.py[:variant].", lock_config=True)
     workdir_flag = flags.DEFINE_string("workdir", None, "Run directory (logs, checkpoints).")
     flags.mark_flags_as_required(["config", "workdir"])
-    try:
-        _check_overrides_early(sys.argv[1:])
-    except ValueError as error:
-        sys.exit(f"error: {error}")
+
     def app_main(argv: list[str]) -> None:
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         run(config_flag.value, workdir_flag.value)
 
-    app.run(app_main)
+    app.run(app_main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

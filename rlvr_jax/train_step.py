@@ -11,17 +11,12 @@ shardings. A *batch* is one rollout, flattened to ``N = B * G`` sequences::
     advantages      float [N] | [N, L]
     ref_logp        float [N, L]     reference-policy log-probs (only when loss.kl_coef > 0)
 
-Inside the step the batch is shuffled and cut into ``step.mini_batches`` mini-batches, one
-optimizer update each, repeated for ``step.epochs`` epochs (PPO-style; the rollout log-probs
-stay the old policy throughout). Each mini-batch is accumulated over ``step.micro_batches``
-micro-batches with ``lax.scan``; the loss normalisers are computed once per mini-batch, so the
-update does not depend on the micro-batch count (nor on the device count).
-
-Config sections read here (unknown keys are errors naming the key)::
-
-    loss:  clip_low 0.2, clip_high 0.2, dual_clip None, kl_coef 0.0, kl_kind "k3",
-           entropy_coef 0.0, aggregation "token_mean", max_len None
-    step:  micro_batches 1, mini_batches 1, epochs 1, logprob_chunk_size 256
+Inside the step the batch is shuffled and cut into ``batching.mini_batches`` mini-batches,
+one optimizer update each, repeated for ``batching.epochs`` epochs (PPO-style; the rollout
+log-probs stay the old policy throughout). Each mini-batch is accumulated over
+``batching.micro_batches`` micro-batches with ``lax.scan``; the loss normalisers are computed
+once per mini-batch, so the update does not depend on the micro-batch count (nor on the device
+count). The ``loss`` section is passed to :func:`losses.policy_loss` as it is.
 
 Metrics: ``loss``, ``grad_norm`` (before clipping), the :func:`losses.policy_loss` metrics
 (means over updates; ``ratio_max``/``ratio_min`` are extremes), ``cov_logp_advantage`` over
@@ -36,29 +31,13 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from rlvr_jax import logprobs, losses, metrics, models, sharding
 
 Batch = dict[str, jax.Array]
-
-LOSS_DEFAULTS: dict[str, Any] = {
-    "clip_low": 0.2,
-    "clip_high": 0.2,
-    "dual_clip": None,
-    "kl_coef": 0.0,
-    "kl_kind": "k3",
-    "entropy_coef": 0.0,
-    "aggregation": "token_mean",
-    "max_len": None,
-}
-STEP_DEFAULTS: dict[str, Any] = {
-    "micro_batches": 1,
-    "mini_batches": 1,
-    "epochs": 1,
-    "logprob_chunk_size": logprobs.DEFAULT_CHUNK_SIZE,
-}
 BATCH_KEYS = ("tokens", "attention_mask", "response_mask", "old_logp", "advantages")
 EXTREME_METRICS = {"ratio_max": jnp.maximum, "ratio_min": jnp.minimum}
 
@@ -71,36 +50,6 @@ class TrainState:
     opt_state: Any
     step: jax.Array  # int32 []: rollout batches trained on
     key: jax.Array  # PRNG key data, uint32 [2]
-
-
-def section(config: Mapping[str, Any] | None, name: str, defaults: Mapping[str, Any]) -> dict:
-    """``config[name]`` merged over ``defaults``; unknown keys raise naming ``name.key``."""
-    given = dict((config or {}).get(name) or {})
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise ValueError(
-            f"{name}: unknown key(s) {[f'{name}.{k}' for k in unknown]}; known keys are "
-            f"{sorted(defaults)}"
-        )
-    return {**defaults, **given}
-
-
-def check_loss_settings(loss: Mapping[str, Any]) -> None:
-    if loss["aggregation"] not in losses.AGGREGATIONS:
-        raise ValueError(
-            f"loss.aggregation={loss['aggregation']!r}; expected one of {losses.AGGREGATIONS}"
-        )
-    if loss["kl_kind"] not in losses.KL_KINDS:
-        raise ValueError(f"loss.kl_kind={loss['kl_kind']!r}; expected one of {losses.KL_KINDS}")
-    for key in ("clip_low", "clip_high"):
-        if not 0.0 <= loss[key] < 1.0:
-            raise ValueError(f"loss.{key} must be in [0, 1), got {loss[key]}")
-
-
-def check_step_settings(step: Mapping[str, Any]) -> None:
-    for key in ("micro_batches", "mini_batches", "epochs", "logprob_chunk_size"):
-        if int(step[key]) < 1:
-            raise ValueError(f"step.{key} must be a positive integer, got {step[key]}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,11 +108,11 @@ def _interleave(x: jax.Array, parts: int) -> jax.Array:
     return x.reshape(n // parts, parts, *x.shape[1:]).swapaxes(0, 1)
 
 
-def _check_batch(batch: Mapping[str, Any], loss: Mapping[str, Any], step: Mapping[str, Any]):
+def _check_batch(batch: Mapping[str, Any], config: ml_collections.ConfigDict) -> None:
     missing = [k for k in BATCH_KEYS if k not in batch]
     if missing:
         raise ValueError(f"train batch is missing {missing}; it needs {list(BATCH_KEYS)}")
-    if loss["kl_coef"] and "ref_logp" not in batch:
+    if config.loss.kl_coef and "ref_logp" not in batch:
         raise ValueError("loss.kl_coef > 0 needs batch['ref_logp'] (reference log-probs)")
     N, T = batch["tokens"].shape
     L = batch["response_mask"].shape[-1]
@@ -172,16 +121,16 @@ def _check_batch(batch: Mapping[str, Any], loss: Mapping[str, Any], step: Mappin
             raise ValueError(f"batch['{key}'] has shape {batch[key].shape}, expected {shape}")
     if L >= T:
         raise ValueError(f"responses of length {L} leave no prompt in tokens of length {T}")
-    per_update = step["mini_batches"] * step["micro_batches"]
-    if N % per_update:
+    mini_batches, micro_batches = config.batching.mini_batches, config.batching.micro_batches
+    if N % (mini_batches * micro_batches):
         raise ValueError(
-            f"batch of {N} sequences does not split into step.mini_batches="
-            f"{step['mini_batches']} x step.micro_batches={step['micro_batches']}"
+            f"batch of {N} sequences does not split into batching.mini_batches="
+            f"{mini_batches} x batching.micro_batches={micro_batches}"
         )
 
 
 def make_train_step(
-    config: Mapping[str, Any] | None,
+    config: ml_collections.ConfigDict,
     model_config: models.ModelConfig,
     optimizer: optax.GradientTransformation,
     mesh: Mesh,
@@ -190,33 +139,30 @@ def make_train_step(
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """The jitted update ``(state, batch) -> (state, metrics)``; see the module docstring.
 
-    Config errors raise here, before anything is compiled; batch errors raise on the call,
-    before tracing. The input state is donated.
+    Reads ``config.loss`` and ``config.batching``. Loss-setting errors raise here, before
+    anything is compiled; batch errors raise on the call, before tracing. The input state is
+    donated.
     """
-    loss_cfg = section(config, "loss", LOSS_DEFAULTS)
-    step_cfg = section(config, "step", STEP_DEFAULTS)
-    check_loss_settings(loss_cfg)
-    check_step_settings(step_cfg)
-    micro_batches, mini_batches = int(step_cfg["micro_batches"]), int(step_cfg["mini_batches"])
-    epochs = int(step_cfg["epochs"])
-    row_sharding = batch_partition(mesh, rules)
-    loss_options = {k: v for k, v in loss_cfg.items() if k != "entropy_coef"}
+    losses.check_settings(**config.loss)
+    loss_settings = dict(config.loss)
+    micro_batches = config.batching.micro_batches
+    mini_batches, epochs = config.batching.mini_batches, config.batching.epochs
+    row_sharding = sharding.batch_sharding(mesh, rules)
 
     def loss_fn(params, mb: Batch, normalizer, token_count):
         prompt_len = mb["tokens"].shape[1] - mb["response_mask"].shape[1]
         scores = logprobs.token_logprobs(
             model_config, params, mb["tokens"], mb["attention_mask"],
-            chunk_size=int(step_cfg["logprob_chunk_size"]),
+            chunk_size=config.batching.logprob_chunk_size,
         )
         _, response = scores.split(prompt_len)  # [n, L] each
         entropy = response.entropy
-        if not loss_cfg["entropy_coef"]:
+        if not loss_settings["entropy_coef"]:
             entropy = jax.lax.stop_gradient(entropy)
         return losses.policy_loss(
             response.logprobs, mb["old_logp"], mb["advantages"], mb["response_mask"],
-            logp_ref=mb.get("ref_logp"), entropy=entropy,
-            entropy_coef=loss_cfg["entropy_coef"], normalizer=normalizer,
-            metrics_normalizer=token_count, **loss_options,
+            logp_ref=mb.get("ref_logp"), entropy=entropy, normalizer=normalizer,
+            metrics_normalizer=token_count, **loss_settings,
         )
 
     def combine(total: dict, part: dict) -> dict:
@@ -225,7 +171,8 @@ def make_train_step(
     def update(carry, mini: Batch):
         params, opt_state = carry
         mask = mini["response_mask"]
-        normalizer = losses.loss_normalizer(mask, loss_cfg["aggregation"], loss_cfg["max_len"])
+        normalizer = losses.loss_normalizer(mask, loss_settings["aggregation"],
+                                            loss_settings["max_len"])
         token_count = losses.loss_normalizer(mask, "token_mean")
         micro = jax.tree.map(lambda x: _interleave(x, micro_batches), mini)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -281,7 +228,7 @@ def make_train_step(
     )
 
     def run(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        _check_batch(batch, loss_cfg, step_cfg)
+        _check_batch(batch, config)
         with sharding.activate(mesh, rules):
             return jitted(state, batch)
 
@@ -289,47 +236,4 @@ def make_train_step(
     return run
 
 
-def batch_partition(mesh: Mesh, rules: sharding.LogicalRules) -> NamedSharding:
-    """Sharding of every train-batch array (rows over the batch mesh axes)."""
-    return NamedSharding(mesh, sharding.batch_partition_spec(rules))
-
-
-def make_scorer(
-    config: Mapping[str, Any] | None,
-    model_config: models.ModelConfig,
-    mesh: Mesh,
-    rules: sharding.LogicalRules,
-    params_shardings: Any,
-) -> Callable[[Any, jax.Array, jax.Array], logprobs.TokenLogprobs]:
-    """Jitted ``(params, tokens [N, T], attention_mask [N, T]) -> TokenLogprobs [N, T]``.
-
-    The rollout scores its sequences with it: the current policy's log-probs (the old policy
-    of the update), the frozen reference policy's (for the KL term) and the prompt log-probs
-    ProGRPO's prompt confidence needs. Same code path as the train step's log-probs.
-    """
-    chunk = int(section(config, "step", STEP_DEFAULTS)["logprob_chunk_size"])
-    rows = batch_partition(mesh, rules)
-
-    def score(params, tokens, attention_mask):
-        return logprobs.token_logprobs(model_config, params, tokens, attention_mask,
-                                       chunk_size=chunk)
-
-    jitted = jax.jit(score, in_shardings=(params_shardings, rows, rows), out_shardings=rows)
-
-    def run(params, tokens, attention_mask):
-        with sharding.activate(mesh, rules):
-            return jitted(params, tokens, attention_mask)
-
-    return run
-
-
-__all__ = [
-    "LOSS_DEFAULTS",
-    "STEP_DEFAULTS",
-    "TrainState",
-    "batch_partition",
-    "create_train_state",
-    "make_scorer",
-    "make_train_step",
-    "section",
-]
+__all__ = ["BATCH_KEYS", "TrainState", "create_train_state", "make_train_step"]

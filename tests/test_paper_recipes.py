@@ -25,12 +25,12 @@ ASYM_CITED = {
     "rollout.prompts_per_step": 128,
     "rollout.group_size": 8,
     "rollout.max_new_tokens": 4096,
-    "rollout.temperature": 1.0,
+    "rollout.sampling.temperature": 1.0,
     "optim.name": "adamw",
     "optim.learning_rate": 1e-6,
     "optim.weight_decay": 0.1,
     "optim.warmup_steps": 10,
-    "step.mini_batches": 4,
+    "batching.mini_batches": 4,
     "total_steps": 300,
     "loss.clip_low": 0.2,
     "loss.clip_high": 0.2,
@@ -54,14 +54,17 @@ def load_recipe(path: pathlib.Path):
 
 
 def flat(config: Any) -> dict[str, Any]:
-    """``{"section.key": value}`` with ``advantage.options`` kept whole as a plain dict."""
+    """``{"section.key": value}`` at every depth, option dictionaries kept whole as dicts."""
     out = {}
-    for section, value in config.to_dict().items():
-        if isinstance(value, dict):
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and not prefix.endswith("options"):
             for key, inner in value.items():
-                out[f"{section}.{key}"] = dict(inner) if isinstance(inner, dict) else inner
+                walk(f"{prefix}.{key}" if prefix else key, inner)
         else:
-            out[section] = value
+            out[prefix] = dict(value) if isinstance(value, dict) else value
+
+    walk("", config.to_dict())
     return out
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import optax
 import pytest
 
-from rlvr_jax import checkpoint, models, sharding
+from rlvr_jax import checkpoint, logprobs, models, sharding
+from rlvr_jax import config as config_lib
 from rlvr_jax import optimizer as optim
 from rlvr_jax import train_step as ts
 
@@ -38,12 +39,19 @@ def make_batch(seed=0, advantages=None):
     }
 
 
-def setup(config=None, optim_config=SGD, seed=0):
+def run_config(overrides=None):
+    """The base run config with ``{"section.key": value}`` overrides."""
+    config = config_lib.base_config()
+    config.update_from_flattened_dict(overrides or {})
+    return config
+
+
+def setup(overrides=None, optim_config=SGD, seed=0):
     mesh = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
     rules = sharding.rules_from_config(None)
-    tx = optim.make_optimizer(optim_config)
+    tx, _ = optim.make_optimizer(**optim_config)
     state, shardings = ts.create_train_state(CONFIG, tx, jax.random.key(seed), mesh, rules)
-    step = ts.make_train_step(config, CONFIG, tx, mesh, rules, shardings)
+    step = ts.make_train_step(run_config(overrides), CONFIG, tx, mesh, rules, shardings)
     return state, step, (mesh, rules, tx, shardings)
 
 
@@ -81,8 +89,8 @@ def test_micro_batch_count_does_not_change_the_update():
     batch = make_batch(1)
     results = []
     for micro in (1, 2, 4):
-        config = {"step": {"micro_batches": micro},
-                  "loss": {"aggregation": "seq_mean_token_mean", "clip_high": 0.28}}
+        config = {"batching.micro_batches": micro, "loss.aggregation": "seq_mean_token_mean",
+                  "loss.clip_high": 0.28}
         state, step, _ = setup(config)  # SGD with lr 1: the update is the gradient itself
         new_state, metrics = step(state, batch)
         results.append((jax.tree.map(np.asarray, new_state.params), float(metrics["loss"])))
@@ -92,7 +100,7 @@ def test_micro_batch_count_does_not_change_the_update():
 
 
 def test_ppo_epochs_and_mini_batches_count_optimizer_updates():
-    config = {"step": {"mini_batches": 2, "epochs": 3, "micro_batches": 2}}
+    config = {"batching.mini_batches": 2, "batching.epochs": 3, "batching.micro_batches": 2}
     state, step, _ = setup(config, {"name": "adamw", "learning_rate": 1e-3})
     new_state, metrics = step(state, make_batch(2))
     counts = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(new_state.opt_state)
@@ -104,10 +112,10 @@ def test_ppo_epochs_and_mini_batches_count_optimizer_updates():
 
 def test_training_raises_logprob_of_positively_rewarded_completions():
     batch = make_batch(3, advantages=np.ones(N, np.float32))
-    config = {"step": {"mini_batches": 2, "epochs": 2}, "loss": {"clip_high": 0.5}}
+    config = {"batching.mini_batches": 2, "batching.epochs": 2, "loss.clip_high": 0.5}
     state, step, (mesh, rules, _, shardings) = setup(
         config, {"name": "adamw", "learning_rate": 3e-3})
-    scorer = ts.make_scorer(None, CONFIG, mesh, rules, shardings.params)
+    scorer = logprobs.make_logprob_fn(CONFIG, mesh, rules, shardings.params, chunk_size=256)
 
     def response_logp(params):
         scores = scorer(params, batch["tokens"], batch["attention_mask"])
@@ -123,7 +131,7 @@ def test_training_raises_logprob_of_positively_rewarded_completions():
 
 
 def test_resume_from_checkpoint_is_bitwise_identical(tmp_path):
-    config = {"step": {"mini_batches": 2}}
+    config = {"batching.mini_batches": 2}
     optim_config = {"name": "adamw", "learning_rate": 1e-3}
     batches = [make_batch(10 + i) for i in range(4)]
 
@@ -153,26 +161,25 @@ def test_config_errors_name_the_key_before_compiling():
     mesh = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
     rules = sharding.rules_from_config(None)
     with pytest.raises(ValueError, match=r"optim.name='lion'"):
-        optim.make_optimizer({"name": "lion"})
-    with pytest.raises(ValueError, match=r"optim: unknown key\(s\) \['lr'\]"):
-        optim.make_optimizer({"lr": 1e-3})
-    tx = optim.make_optimizer(SGD)
+        optim.make_optimizer(name="lion")
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'lr'"):
+        optim.make_optimizer(lr=1e-3)
+    tx, _ = optim.make_optimizer(**SGD)
     bad = [
-        ({"loss": {"clip_hi": 0.3}}, r"loss\.clip_hi"),
-        ({"loss": {"aggregation": "token-mean"}}, r"loss.aggregation='token-mean'"),
-        ({"loss": {"kl_kind": "k4"}}, r"loss.kl_kind='k4'"),
-        ({"step": {"micro_batches": 0}}, r"step.micro_batches must be a positive integer"),
+        ({"loss.aggregation": "token-mean"}, r"unknown loss aggregation 'token-mean'"),
+        ({"loss.kl_kind": "k4"}, r"unknown KL estimator 'k4'"),
+        ({"loss.clip_high": 1.5}, r"loss.clip_high must be in \[0, 1\)"),
     ]
-    for config, message in bad:
+    for overrides, message in bad:
         with pytest.raises(ValueError, match=message):
-            ts.make_train_step(config, CONFIG, tx, mesh, rules, None)
+            ts.make_train_step(run_config(overrides), CONFIG, tx, mesh, rules, None)
 
 
 def test_batch_errors_are_named():
-    state, step, _ = setup({"step": {"micro_batches": 3}})
-    with pytest.raises(ValueError, match=r"step\.micro_batches=3"):
+    state, step, _ = setup({"batching.micro_batches": 3})
+    with pytest.raises(ValueError, match=r"batching\.micro_batches=3"):
         step(state, make_batch())
-    state, step, _ = setup({"loss": {"kl_coef": 0.1}})
+    state, step, _ = setup({"loss.kl_coef": 0.1})
     with pytest.raises(ValueError, match=r"needs batch\['ref_logp'\]"):
         step(state, make_batch())
     batch = make_batch()

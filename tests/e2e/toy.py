@@ -90,7 +90,7 @@ def toy_config(model_dir: str):
     config.rollout.prompt_bucket = 8
     config.rollout.length_bucket = 4
     config.optim.learning_rate = 3e-3
-    config.step.logprob_chunk_size = 8
+    config.batching.logprob_chunk_size = 8
     config.eval.every_steps = 0
     config.eval.at_start = False
     config.eval.num_prompts = 8

@@ -16,6 +16,7 @@ import numpy as np
 from rlvr_jax import models, sharding
 from rlvr_jax import optimizer as optim
 from rlvr_jax import train_step as ts
+from rlvr_jax.config import base_config
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -42,10 +43,12 @@ def run(mesh_config: dict) -> dict:
     devices = jax.devices()[: int(np.prod([v for v in mesh_config.values() if v > 0]))]
     mesh = sharding.make_mesh(mesh_config, devices)
     rules = sharding.rules_from_config(None)
-    tx = optim.make_optimizer({"name": "sgd", "learning_rate": 0.5, "grad_clip_norm": 0})
+    tx, _ = optim.make_optimizer(name="sgd", learning_rate=0.5, grad_clip_norm=0)
     state, shardings = ts.create_train_state(CONFIG, tx, jax.random.key(1), mesh, rules)
-    step = ts.make_train_step({"step": {"micro_batches": 2}}, CONFIG, tx, mesh, rules, shardings)
-    batch = jax.device_put(make_batch(), ts.batch_partition(mesh, rules))
+    config = base_config()
+    config.batching.micro_batches = 2
+    step = ts.make_train_step(config, CONFIG, tx, mesh, rules, shardings)
+    batch = jax.device_put(make_batch(), sharding.batch_sharding(mesh, rules))
     state, metrics = step(state, batch)
     params = jax.tree.map(np.asarray, state.params)
     return {"params": params, "loss": float(metrics["loss"]),
