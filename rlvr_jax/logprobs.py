@@ -201,7 +201,8 @@ def make_logprob_fn(
     chunk_size: int,
 ) -> Callable[[Any, jax.Array, jax.Array], TokenLogprobs]:
     """:func:`token_logprobs` jitted on a mesh: ``(params, tokens [N, T], attention_mask [N, T])
-    -> TokenLogprobs [N, T]``, rows sharded over the batch mesh axes.
+    -> TokenLogprobs [N, T]``, rows sharded over the batch mesh axes. Host (NumPy) inputs must
+    be whole on every process; each contributes its rows (``sharding.place_batch``).
 
     The rollout computes with it the current policy's log-probs (the old policy of the
     update), the frozen reference policy's (for the KL term) and the prompt log-probs ProGRPO's
@@ -215,6 +216,9 @@ def make_logprob_fn(
     jitted = jax.jit(compute, in_shardings=(params_shardings, rows, rows), out_shardings=rows)
 
     def run(params: Any, tokens: jax.Array, attention_mask: jax.Array) -> TokenLogprobs:
+        if not isinstance(tokens, jax.Array):
+            placed = sharding.place_batch({"t": tokens, "m": attention_mask}, mesh, rules)
+            tokens, attention_mask = placed["t"], placed["m"]
         with sharding.activate(mesh, rules):
             return jitted(params, tokens, attention_mask)
 

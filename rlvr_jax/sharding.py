@@ -421,6 +421,14 @@ def make_global_batch(
     return jax.tree_util.tree_map_with_path(one, local_batch)
 
 
+def place_batch(batch: Any, mesh: Mesh, rules: LogicalRules) -> Any:
+    """Global batch arrays from a host batch that every process holds whole (NumPy, leading
+    axis ``N``): each process contributes its own rows (:func:`make_global_batch`)."""
+    n = len(jax.tree.leaves(batch)[0])
+    rows = host_local_batch_slice(n, mesh, rules)
+    return make_global_batch(jax.tree.map(lambda x: x[rows], batch), n, mesh, rules)
+
+
 # --------------------------------------------------------------------------------------------
 # Multi-host start-up
 # --------------------------------------------------------------------------------------------

@@ -18,25 +18,16 @@ import dataclasses
 import os
 import sys
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rlvr_jax import checkpoint, evaluation, logprobs, models, rewards, rollout, sharding
 from rlvr_jax import config as config_lib
 from rlvr_jax import logging as run_logging
 from rlvr_jax import optimizer as optimizer_lib
 from rlvr_jax import train_step as train_step_lib
-
-
-def _device_batch(batch: Mapping[str, np.ndarray], mesh, rules) -> dict[str, jax.Array]:
-    """Places the host batch on the mesh (each process contributes its rows)."""
-    n = len(batch["tokens"])
-    rows = sharding.host_local_batch_slice(n, mesh, rules)
-    return sharding.make_global_batch({k: v[rows] for k, v in batch.items()}, n, mesh, rules)
 
 
 def _sample_texts(groups: rollout.Groups, count: int) -> dict[str, str]:
@@ -134,7 +125,7 @@ def run(config: Any, workdir: str) -> dict[str, float]:
                     sampler, stream, state.params, jax.random.fold_in(rollout_key, step),
                     config, logprob_fn, reference)
                 rollout_seconds = time.perf_counter() - began
-                state, step_metrics = step_fn(state, _device_batch(batch, mesh, rules))
+                state, step_metrics = step_fn(state, sharding.place_batch(batch, mesh, rules))
                 step_metrics = {k: float(v) for k, v in step_metrics.items()}
                 seconds = time.perf_counter() - began
                 scalars = {f"train/{k}": v for k, v in stats.items()}

@@ -1,0 +1,212 @@
+"""The rollout's pieces on hand-built groups (token layout, dynamic sampling, overlong shaping,
+old log-probs and advantages, metrics), and the whole RL loop on 2 processes x 4 devices
+against 1 process x 8."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from rlvr_jax import advantages, recipes, rollout
+from rlvr_jax.config import base_config
+from rlvr_jax.logprobs import TokenLogprobs
+
+MULTIDEVICE = pathlib.Path(__file__).parent / "multidevice"
+E2E = pathlib.Path(__file__).parent / "e2e"
+EOS = 9
+
+
+def make_groups(rewards, lengths, prompt_ids=None, L=4, seed=0) -> rollout.Groups:
+    """Groups with ``rewards [B, G]`` and completions of ``lengths [B, G]`` (token ``EOS``
+    last when shorter than ``L``), random log-probs and entropies."""
+    rewards = np.asarray(rewards, np.float32)
+    lengths = np.asarray(lengths)
+    B, G = rewards.shape
+    rng = np.random.default_rng(seed)
+    mask = np.arange(L) < lengths[..., None]  # [B, G, L]
+    tokens = np.where(mask, rng.integers(1, 8, (B, G, L)), 0).astype(np.int32)
+    ends = (lengths < L) & (lengths > 0)
+    b, g = np.nonzero(ends)
+    tokens[b, g, lengths[b, g] - 1] = EOS
+    noise = lambda: np.where(mask, rng.normal(size=(B, G, L)), 0).astype(np.float32)  # noqa: E731
+    return rollout.Groups(
+        examples=[{"id": f"q{i}", "question": "?", "answer": "1"} for i in range(B)],
+        prompt_ids=prompt_ids or [[1, 2]] * B,
+        completion_tokens=tokens, completion_mask=mask,
+        sampler_policy_logp=-np.abs(noise()), sampling_logp=-np.abs(noise()),
+        sampling_entropy=np.abs(noise()), truncated_mass=np.zeros((B, G, L), np.float32),
+        texts=[["x"] * G for _ in range(B)], rewards=rewards,
+        answers=[["1" if r else "2" for r in row] for row in rewards],
+    )
+
+
+def test_prompt_and_completion_tokens_left_pad_prompts_and_repeat_them_per_sample():
+    groups = make_groups([[1, 0], [0, 1]], [[1, 3], [4, 0]], prompt_ids=[[5, 6, 7], [8]])
+    out = rollout.prompt_and_completion_tokens(groups, bucket=4, pad_id=0)
+    prompts = np.asarray([[0, 5, 6, 7], [0, 5, 6, 7], [0, 0, 0, 8], [0, 0, 0, 8]])
+    np.testing.assert_array_equal(out["tokens"][:, :4], prompts)
+    np.testing.assert_array_equal(out["tokens"][:, 4:], groups.completion_tokens.reshape(4, 4))
+    np.testing.assert_array_equal(out["attention_mask"][:, :4], prompts > 0)
+    np.testing.assert_array_equal(out["response_mask"].sum(-1), [1, 3, 4, 0])
+    assert out["tokens"].dtype == np.int32 and out["response_mask"].dtype == np.float32
+
+
+def test_shaped_rewards_add_the_overlong_penalty_in_tokens():
+    config = base_config()
+    config.rollout.max_new_tokens, config.rollout.overlong_buffer = 4, 2
+    config.rollout.overlong_coef = 0.5
+    groups = make_groups([[1, 1], [0, 1]], [[1, 3], [4, 2]])
+    # L_max - L_cache = 2: no penalty up to 2 tokens, (2 - len) / 2 above, so -0.5 and -1.
+    np.testing.assert_allclose(rollout.shaped_rewards(groups, config.rollout),
+                               [[1.0, 0.75], [-0.5, 1.0]])
+    config.rollout.overlong_buffer = 0
+    assert rollout.shaped_rewards(groups, config.rollout) is groups.rewards
+
+
+class FakeSampler:
+    """Rewards per prompt position: position p is a mixed group when p % 3 == 0."""
+
+    def __init__(self):
+        self.keys = []
+
+    def sample(self, params, examples, positions, key, *, num_samples, max_new_tokens, strategy):
+        self.keys.append(key)
+        rewards = [[1, 0] if p % 3 == 0 else [1, 1] for p in positions]
+        return make_groups(rewards, [[2, 2]] * len(positions))
+
+
+class FakeStream:
+    def __init__(self):
+        self.position = 0
+
+    def take(self, n):
+        positions = np.arange(self.position, self.position + n)
+        self.position += n
+        return [{"id": int(p)} for p in positions], positions
+
+
+def test_dynamic_sampling_keeps_mixed_groups_and_fills_up_with_dropped_ones():
+    config = base_config()
+    config.rollout.prompts_per_step, config.rollout.group_size = 2, 2
+    config.rollout.dynamic_sampling = True
+    sampler, key = FakeSampler(), jax.random.key(0)
+    groups, rounds = rollout.sample_groups(sampler, FakeStream(), None, key, config.rollout)
+    # positions 0..5 in rounds of 2: mixed at 0 and 3, so two rounds fill the batch.
+    assert (rounds.rounds, rounds.mixed_groups_kept) == (2, 2)
+    np.testing.assert_array_equal(groups.rewards, [[1, 0], [1, 0]])
+    for i, used in enumerate(sampler.keys):
+        np.testing.assert_array_equal(jax.random.key_data(used),
+                                      jax.random.key_data(jax.random.fold_in(key, i)))
+    config.rollout.max_sampling_rounds = 1
+    groups, rounds = rollout.sample_groups(FakeSampler(), FakeStream(), None, key, config.rollout)
+    assert (rounds.rounds, rounds.mixed_groups_kept) == (1, 1)
+    np.testing.assert_array_equal(groups.rewards, [[1, 0], [1, 1]])  # filled with a dropped one
+    config.rollout.dynamic_sampling = False
+    groups, rounds = rollout.sample_groups(FakeSampler(), FakeStream(), None, key, config.rollout)
+    assert (rounds.rounds, rounds.mixed_groups_kept) == (1, 2)
+    np.testing.assert_array_equal(groups.rewards, [[1, 0], [1, 1]])
+
+
+def policy_for(groups, P=2, seed=1) -> TokenLogprobs:
+    """Host log-probs ``[N, P + L]`` as the log-prob function returns them."""
+    B, G, L = groups.completion_tokens.shape
+    rng = np.random.default_rng(seed)
+    logp = -np.abs(rng.normal(size=(B * G, P + L))).astype(np.float32)
+    mask = np.ones((B * G, P + L), bool)
+    mask[:, 0] = False
+    return TokenLogprobs(np.where(mask, logp, 0), np.abs(logp) + 1, mask)
+
+
+@pytest.mark.parametrize("source", ["trainer", "sampler"])
+def test_train_batch_takes_old_logprobs_and_grpo_advantages(source):
+    config = base_config()
+    config.rollout.old_logp_source = source
+    groups = make_groups([[1, 0, 0], [1, 1, 0]], [[4, 2, 1], [3, 4, 4]])
+    tokens = rollout.prompt_and_completion_tokens(groups, bucket=2, pad_id=0)
+    policy = policy_for(groups)
+    reference = policy.logprobs - 0.25
+    batch = rollout.train_batch(groups, tokens, policy, groups.rewards, config, reference)
+    expected_old = (policy.logprobs[:, 2:] if source == "trainer"
+                    else groups.sampler_policy_logp.reshape(6, 4))
+    np.testing.assert_array_equal(batch["old_logp"], expected_old)
+    np.testing.assert_array_equal(batch["ref_logp"], policy.logprobs[:, 2:] - 0.25)
+    r = groups.rewards.astype(np.float64)
+    grpo = (r - r.mean(1, keepdims=True)) / (r.std(1, ddof=1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(batch["advantages"], grpo.reshape(6), rtol=1e-5)
+
+
+def test_train_batch_gives_progrpo_the_prompt_rows_of_each_group():
+    config = recipes.apply_variant(base_config(), "progrpo")
+    groups = make_groups([[1, 0], [0, 1]], [[4, 2], [3, 4]])
+    tokens = rollout.prompt_and_completion_tokens(groups, bucket=2, pad_id=0)
+    policy = policy_for(groups)
+    batch = rollout.train_batch(groups, tokens, policy, groups.rewards, config)
+    expected = advantages.progrpo(
+        groups.rewards, logp=policy.logprobs[:, 2:].reshape(2, 2, 4),
+        response_mask=groups.completion_mask.astype(np.float32),
+        prompt_logp=policy.logprobs[[0, 2], :2], prompt_mask=policy.mask[[0, 2], :2])
+    np.testing.assert_allclose(batch["advantages"], np.asarray(expected).reshape(4), rtol=1e-6)
+
+
+def test_rollout_metrics_by_hand():
+    config = base_config()
+    groups = make_groups([[1, 0], [0, 0]], [[4, 2], [1, 4]])
+    groups.completion_tokens[1, 1, 3] = EOS  # ends at the limit with EOS: not cut off
+    tokens = rollout.prompt_and_completion_tokens(groups, bucket=2, pad_id=0)
+    policy = policy_for(groups)
+    batch = rollout.train_batch(groups, tokens, policy, groups.rewards, config)
+    rounds = rollout.SamplingRounds(rounds=3, mixed_groups_kept=1)
+    out = rollout.rollout_metrics(groups, batch, policy, groups.rewards - 0.5, rounds, (EOS,))
+    valid = groups.completion_mask.reshape(4, 4)
+    gap = np.abs(groups.sampler_policy_logp.reshape(4, 4) - policy.logprobs[:, 2:])[valid]
+    assert out["reward_mean"] == 0.25 and out["shaped_reward_mean"] == -0.25
+    assert out["frac_hit_max_tokens"] == 0.25  # only row (0, 0): 4 tokens, no EOS
+    assert out["response_length_mean"] == 2.75 and out["response_length_max"] == 4
+    np.testing.assert_allclose(out["entropy"], policy.entropy[:, 2:][valid].mean(), rtol=1e-6)
+    np.testing.assert_allclose(out["sampled_token_nll"], -policy.logprobs[:, 2:][valid].mean(),
+                               rtol=1e-6)
+    np.testing.assert_allclose(out["sampler_trainer_logp_gap_mean"], gap.mean(), rtol=1e-6)
+    np.testing.assert_allclose(out["sampler_trainer_logp_gap_max"], gap.max(), rtol=1e-6)
+    assert out["tokens"] == 11 + 2 * 4  # response tokens + real prompt tokens
+    assert (out["sampling_rounds"], out["mixed_groups_kept"]) == (3, 1)
+    assert out["frac_all_wrong"] == 0.5 and out["pass@2"] == 0.5
+
+
+@pytest.fixture(scope="module")
+def toy_model(tmp_path_factory):
+    sys.path.insert(0, str(E2E))
+    import toy
+
+    return toy.write_model(str(tmp_path_factory.mktemp("toy_model")))
+
+
+@pytest.mark.slow
+@pytest.mark.multidevice
+def test_two_processes_train_like_one_process_with_eight_devices(tmp_path, toy_model):
+    sys.path.insert(0, str(MULTIDEVICE))
+    from processes import run_processes
+
+    two = run_processes("train_run.py", toy_model, str(tmp_path / "two"), devices_per_process=4)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, str(MULTIDEVICE / "train_run.py"), toy_model,
+                           str(tmp_path / "one")], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-5000:]
+    one = json.loads(done.stdout.strip().splitlines()[-1])["metrics"]
+    assert [r["process_index"] for r in two] == [0, 1]
+    for result in two:
+        metrics = result["metrics"]
+        assert metrics.keys() == one.keys()
+        assert "eval/pass@1" in metrics and "update/loss" in metrics
+        for key, value in one.items():
+            if not key.startswith("time/"):
+                np.testing.assert_allclose(metrics[key], value, rtol=1e-5, atol=1e-6,
+                                           err_msg=key)
