@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 
 from launch.sweep import add_run_arguments, runs_from_args
-from launch.train_command import LaunchError, TrainCommand, check_name, parse_pairs
+from launch.train_command import ENV_NAME, LaunchError, TrainCommand, check_name, parse_pairs
 
 PORT_BASE = 20000
 """The coordinator listens on ``PORT_BASE + SLURM_JOB_ID % 1000``."""
@@ -72,6 +72,9 @@ class SlurmJob:
                     f"--sbatch={option!r}: expected one sbatch option such as --partition=gpu "
                     "(no spaces or quotes)."
                 )
+        bad_names = [name for name, _ in self.env if not ENV_NAME.fullmatch(name)]
+        if bad_names:
+            raise LaunchError(f"--env: {bad_names} are not shell variable names.")
         if not 0 <= self.signal_seconds <= 65535:
             raise LaunchError(f"--signal_seconds={self.signal_seconds}: must be in [0, 65535].")
 

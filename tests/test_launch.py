@@ -509,6 +509,11 @@ def test_slurm_bad_input_fails_with_a_clear_message(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_slurm_job_checks_its_environment_names():
+    with pytest.raises(LaunchError, match=r"\['1A'\] are not shell variable names"):
+        slurm.SlurmJob(env=[("1A", "x")])
+
+
 FAKE_SRUN = """\
 #!{python}
 # Emulates srun: runs the command once per task with SLURM's per-task variables.
