@@ -7,17 +7,20 @@ INSTALL_REQUIRES = [
     "flax>=0.12.8,<0.13",
     "optax>=0.2.5,<0.3",
     "orbax-checkpoint>=0.11,<0.13",
+    "etils[epath]>=1.9",
     "numpy>=1.26,<3",
+    "ml-dtypes>=0.5",
     "ml-collections>=1.0,<2",
     "absl-py>=2.1",
     "transformers>=4.50,<6",
-    "tokenizers>=0.21",
     "sentencepiece>=0.2,<0.3",
-    "safetensors>=0.4,<1",
     "gguf>=0.16,<1",
     "tensorflow-datasets>=4.9.8,<5",
+    # Not imported here, but needed by tensorflow-datasets at run time, which declares them
+    # too narrowly: our builders write array_record files (declared on Linux only), and its
+    # dataset_builder imports importlib_resources (declared for Python < 3.9 only).
     "array-record>=0.7,<1",
-    "importlib_resources>=6",  # tensorflow-datasets builders need it when TensorFlow is absent
+    "importlib_resources>=6",
     "reasoning-gym>=0.1.23,<0.2",
     "math-verify>=0.7,<1",
     "tensorboardX>=2.6,<3",
@@ -32,8 +35,10 @@ EXTRAS_REQUIRE = {
         "pytest>=8",
         "pytest-timeout>=2.3",
         "hypothesis>=6.100",
+        "scipy>=1.14",
+        "tokenizers>=0.21",
         "torch==2.13.0",
-        "accelerate>=1.0,<2",
+        "accelerate>=1.0,<2",  # not imported: transformers' GGUF loading (the tests' reference)
         "ruff>=0.6",
     ],
     # transformers reads the tokenizer embedded in a GGUF file (the default SmolLM2) with torch.

@@ -61,9 +61,9 @@ fails with an out-of-memory error, is a skipped row with the reason.
 already in that file from the same device kind and measurement settings are kept unless
 re-measured, so runs of one preset each fill one table.
 
-    python benchmarks/decode_roofline.py                       # a GPU: both presets, B 1..256
-    python benchmarks/decode_roofline.py --presets qwen2.5-0.5b --batches 64 --repeats 5
-    python benchmarks/decode_roofline.py --presets tiny --batches 1 2 --prompt-len 16 \\
+    python -m benchmarks.decode_roofline                       # a GPU: both presets, B 1..256
+    python -m benchmarks.decode_roofline --presets qwen2.5-0.5b --batches 64 --repeats 5
+    python -m benchmarks.decode_roofline --presets tiny --batches 1 2 --prompt-len 16 \\
         --new-tokens 64 --repeats 2 --dtype float32 --out /tmp/decode_roofline.json  # CPU
 """
 
@@ -71,11 +71,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
-import os
-import pathlib
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -85,24 +81,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import harness
 from rlvr_jax import models, sampling
-
-# Dense bf16 tensor-core peak (TFLOP/s) and memory bandwidth (GB/s) from the vendors' data
-# sheets, keyed by words of ``jax.Device.device_kind`` ("NVIDIA H100 80GB HBM3" is the SXM).
-GPU_SPECS: dict[str, tuple[float, float]] = {
-    "H100 80GB HBM3": (989.0, 3350.0),
-    "H100 PCIe": (756.0, 2000.0),
-    "H100 NVL": (835.0, 3900.0),
-    "H200": (989.0, 4800.0),
-    "A100-SXM4-80GB": (312.0, 2039.0),
-    "A100-SXM4-40GB": (312.0, 1555.0),
-    "L4": (121.0, 300.0),
-}
 
 TARGET_FRACTION = 0.6
 TARGET_BATCH = 64
 DEFAULT_PRESETS = ("qwen2.5-0.5b", "qwen2.5-1.5b")
-DEFAULT_OUT = "benchmarks/results/decode_roofline.json"
 
 # A two-layer Qwen2-shaped model for CPU smoke runs and tests.
 TINY_CONFIG = models.ModelConfig(
@@ -161,15 +145,6 @@ def roofline_fraction(bytes_per_step: float, step_s: float, bandwidth_gbs: float
         raise ValueError(f"step time and bandwidth must be positive, got {step_s}, "
                          f"{bandwidth_gbs}")
     return bytes_per_step / (bandwidth_gbs * 1e9) / step_s
-
-
-def device_specs(device_kind: str) -> tuple[float, float] | None:
-    """(bf16 TFLOP/s, GB/s) of the longest table name all of whose words occur in the kind."""
-    kind = device_kind.lower()
-    for name in sorted(GPU_SPECS, key=len, reverse=True):
-        if all(word in kind for word in name.lower().split()):
-            return GPU_SPECS[name]
-    return None
 
 
 def estimate_generate_bytes(config: models.ModelConfig, batch: int, prompt_len: int,
@@ -336,8 +311,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="compute peak for the roofline (default: GPU data-sheet table)")
     parser.add_argument("--note", default="", help="free text stored with the result")
     parser.add_argument("--out", default=None,
-                        help=f"JSON path (default on a GPU: {DEFAULT_OUT}; elsewhere no file "
-                             "unless given)")
+                        help="JSON path (default on a GPU: "
+                             "benchmarks/results/decode_roofline.json; elsewhere none)")
     args = parser.parse_args(argv)
     known = [*sorted(models.PRESETS), "tiny"]
     unknown = [name for name in args.presets if name not in known]
@@ -375,25 +350,27 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"compute peak: {_fmt(peak['used'], '.0f')} TFLOP/s ({peak['source']})")
     print(f"target: >= {TARGET_FRACTION:.0%} of the bandwidth roofline at batch "
           f"{TARGET_BATCH} on H100/H200 (%BW column)")
-    header = (f"{'preset':<14}{'batch':>6}{'step ms':>9}{'tok/s':>10}{'MB/step':>9}"
-              f"{'GB/s':>8}{'%BW':>6}{'mem ms':>8}{'flop ms':>9}{'bound':>9}{'%roof':>7}")
-    print(header)
+    header = ["preset", "batch", "step ms", "tok/s", "MB/step", "GB/s", "%BW", "mem ms",
+              "flop ms", "bound", "%roof"]
+    measured = [row for row in result["rows"] if "skipped" not in row]
+    harness.print_table(header, [
+        [row["preset"], row["batch"], f"{1e3 * row['step_s']:.3f}",
+         f"{row['tokens_per_s']:.0f}", f"{row['bytes_per_step']['total'] / 1e6:.1f}",
+         f"{row['achieved_gbs']:.0f}", f"{100 * row['bandwidth_fraction']:.0f}",
+         f"{1e3 * row['memory_roofline_s']:.3f}",
+         _fmt(None if row["compute_roofline_s"] is None else 1e3 * row["compute_roofline_s"],
+              ".3f"),
+         row["bound"] or "-", f"{100 * row['roofline_fraction']:.0f}"]
+        for row in measured
+    ])
     for row in result["rows"]:
         if "skipped" in row:
-            print(f"{row['preset']:<14}{row['batch']:>6}  skipped: {row['skipped']}")
-            continue
-        compute_s = row["compute_roofline_s"]
-        print(f"{row['preset']:<14}{row['batch']:>6}{1e3 * row['step_s']:>9.3f}"
-              f"{row['tokens_per_s']:>10.0f}{row['bytes_per_step']['total'] / 1e6:>9.1f}"
-              f"{row['achieved_gbs']:>8.0f}{100 * row['bandwidth_fraction']:>6.0f}"
-              f"{1e3 * row['memory_roofline_s']:>8.3f}"
-              f"{_fmt(None if compute_s is None else 1e3 * compute_s, '.3f'):>9}"
-              f"{row['bound'] or '-':>9}{100 * row['roofline_fraction']:>7.0f}")
+            print(f"{row['preset']} batch {row['batch']} skipped: {row['skipped']}")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = jax.devices()[0]
-    specs = device_specs(device.device_kind) if device.platform == "gpu" else None
+    sheet = harness.data_sheet(device.device_kind) if device.platform == "gpu" else None
     mib = args.bandwidth_mib or (2048 if device.platform == "gpu" else 256)
     measured = measure_bandwidth_gbs(mib)
     if args.bandwidth_gbs is not None:
@@ -403,8 +380,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         source = f"measured, larger of read and copy of {mib} MiB"
     if args.peak_tflops is not None:
         peak, peak_source = args.peak_tflops, "--peak-tflops"
-    elif specs is not None:
-        peak, peak_source = specs[0], f"bf16 dense data-sheet peak of {device.device_kind}"
+    elif sheet is not None:
+        peak, peak_source = sheet.bf16_tflops, f"bf16 dense data-sheet peak of {device.device_kind}"
     else:
         peak, peak_source = None, "none for this device: pass --peak-tflops"
 
@@ -421,17 +398,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         gc.collect()
 
     return {
-        "device": {"platform": device.platform, "kind": device.device_kind,
-                   "count": jax.device_count()},
-        "cpu_count": os.cpu_count(),
-        "load_average_at_end": os.getloadavg(),
-        "versions": {"python": sys.version.split()[0], "jax": jax.__version__,
-                     "flax": flax.__version__, "numpy": np.__version__},
+        **harness.machine(flax=flax.__version__),
         "settings": vars(args),
         "strategy": ("greedy" if args.strategy == "greedy"
                      else "sampling at temperature 1, no truncation"),
         "bandwidth_gbs": {"measured": measured, "measured_mib": mib,
-                          "data_sheet": None if specs is None else specs[1],
+                          "data_sheet": None if sheet is None else sheet.bandwidth_gbs,
                           "used": used_bandwidth, "source": source},
         "peak_tflops": {"used": peak, "source": peak_source},
         "target": f">= {TARGET_FRACTION:.0%} of the bandwidth roofline at batch {TARGET_BATCH} "
@@ -469,15 +441,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     result = run(args)
     print_table(result)
-    out = args.out or (DEFAULT_OUT if result["device"]["platform"] == "gpu" else None)
+    out = args.out or (harness.result_path("decode_roofline")
+                       if result["device"]["platform"] == "gpu" else None)
     if out is None:
         print("not written: not a GPU run and no --out given")
         return result
-    path = pathlib.Path(out)
-    previous = json.loads(path.read_text()) if path.exists() else None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(merge_rows(previous, result), indent=2) + "\n")
-    print(f"wrote {path}")
+    harness.write_result(merge_rows(harness.read_result(out), result), out)
     return result
 
 

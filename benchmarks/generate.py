@@ -7,26 +7,24 @@ sampling settings, in float32 on this machine's CPU, side by side in one run. Ea
 warmed up once (our compilation is reported separately) and timed `--repeats` times,
 alternating, keeping the best; tokens/s = batch × new tokens / wall time.
 
-    python benchmarks/generate.py                          # batch 8 and 32, 128 new tokens
-    python benchmarks/generate.py --batches 2 --new-tokens 16 --repeats 1   # a quick check
-    python benchmarks/generate.py --threads 1    # one thread each, for a shared/loaded machine
+    python -m benchmarks.generate                          # batch 8 and 32, 128 new tokens
+    python -m benchmarks.generate --batches 2 --new-tokens 16 --repeats 1   # a quick check
+    python -m benchmarks.generate --threads 1    # one thread each, for a shared/loaded machine
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import pathlib
 import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import torch
 import transformers
 
+from benchmarks import harness
 from rlvr_jax import models, sampling
 
 PROMPTS = [
@@ -104,7 +102,7 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=50)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=0, help="0: each library's default")
-    parser.add_argument("--out", default="benchmarks/results/generate.json")
+    parser.add_argument("--out", default=harness.result_path("generate"))
     args = parser.parse_args()
     if args.threads:
         # Read when the XLA backend starts, which is after this point.
@@ -152,40 +150,27 @@ def main() -> None:
             }
         )
 
-    load = os.getloadavg()
+    record = harness.machine(torch=torch.__version__, transformers=transformers.__version__)
     print(
-        f"SmolLM2-135M float32 on {jax.devices()[0].device_kind} ({os.cpu_count()} cores), "
-        f"load average {load[0]:.1f}; sampling {strategy}; best of {args.repeats}"
+        f"SmolLM2-135M float32 on {record['device']['kind']} ({os.cpu_count()} cores), "
+        f"load average {record['load_average_at_end'][0]:.1f}; sampling {strategy}; "
+        f"best of {args.repeats}"
     )
-    print(
-        f"{'batch':>6}{'prompt':>8}{'new':>6}{'ours tok/s':>12}{'torch tok/s':>13}"
-        f"{'ratio':>8}{'compile s':>11}"
+    harness.print_table(
+        ["batch", "prompt", "new", "ours tok/s", "torch tok/s", "ratio", "compile s"],
+        [[row["batch"], row["prompt_length"], row["new_tokens"],
+          f"{row['ours_tokens_per_s']:.1f}", f"{row['torch_tokens_per_s']:.1f}",
+          f"{row['ratio']:.2f}", f"{row['ours_compile_s']:.1f}"] for row in rows],
+        align=">" * 7,
     )
-    for row in rows:
-        print(
-            f"{row['batch']:>6}{row['prompt_length']:>8}{row['new_tokens']:>6}"
-            f"{row['ours_tokens_per_s']:>12.1f}{row['torch_tokens_per_s']:>13.1f}"
-            f"{row['ratio']:>8.2f}{row['ours_compile_s']:>11.1f}"
-        )
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "model": "smollm2-135m-instruct (GGUF weights, float32)",
-        "device": jax.devices()[0].device_kind,
-        "cpu_count": os.cpu_count(),
-        "load_average_at_end": load,
+        **record,
         "torch_threads": torch.get_num_threads(),
-        "versions": {
-            "jax": jax.__version__,
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "numpy": np.__version__,
-        },
         "config": vars(args),
         "rows": rows,
     }
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    harness.write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ On a CPU backend the loaded parameters themselves live in host memory, so the id
 about the parameter bytes plus one stacked layer leaf; file pages touched through the
 memory map count as resident too.
 
-    python benchmarks/load.py [--work-dir DIR] [--cases smollm2-gguf,qwen2.5-1.5b-hf]
+    python -m benchmarks.load [--work-dir DIR] [--cases smollm2-gguf,qwen2.5-1.5b-hf]
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ import subprocess
 import sys
 import tempfile
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "load.json")
+from benchmarks import harness
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = ("smollm2-gguf", "smollm2-gguf-hf", "qwen2.5-1.5b-hf")
 
 
@@ -103,24 +105,21 @@ def main() -> None:
         return
     cases = args.cases.split(",")
     if "qwen2.5-1.5b-hf" in cases:
-        subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
-                        "import load; load._write_random_qwen(sys.argv[2])",
-                        os.path.dirname(os.path.abspath(__file__)), work_dir], check=True)
+        subprocess.run([sys.executable, "-c", "import sys; from benchmarks import load; "
+                        "load._write_random_qwen(sys.argv[1])", work_dir], check=True,
+                       cwd=REPO_ROOT)
     rows = []
     for case in cases:
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--measure", case,
-                              "--work-dir", work_dir], check=True, capture_output=True, text=True)
+        out = subprocess.run([sys.executable, "-m", "benchmarks.load", "--measure", case,
+                              "--work-dir", work_dir], check=True, capture_output=True, text=True,
+                             cwd=REPO_ROOT)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    header = f"{'case':<18}{'load s':>9}{'params MiB':>12}{'peak RSS +MiB':>15}"
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(f"{r['case']:<18}{r['load_s']:>9.2f}{r['param_mib']:>12}"
-              f"{r['peak_rss_increase_mib']:>15}")
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS, "w") as f:
-        json.dump({"cpu_count": os.cpu_count(), "results": rows}, f, indent=2)
-    print(f"wrote {RESULTS}")
+    harness.print_table(["case", "load s", "params MiB", "peak RSS +MiB"], [
+        [r["case"], f"{r['load_s']:.2f}", r["param_mib"], r["peak_rss_increase_mib"]]
+        for r in rows
+    ])
+    harness.write_result({"cpu_count": os.cpu_count(), "results": rows},
+                         harness.result_path("load"))
 
 
 if __name__ == "__main__":

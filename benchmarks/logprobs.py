@@ -6,19 +6,18 @@ allocating the tens of gigabytes the naive version would need. "temp" is the scr
 XLA plans for the computation (where the ``[B, T, V]`` logits live); arguments (hidden states,
 unembedding) and outputs are listed separately because both versions share them.
 
-    python benchmarks/logprobs.py                       # vocab 151,936, length 4,096, batch 8
-    python benchmarks/logprobs.py --length 512 --vocab 32000   # a quick check
+    python -m benchmarks.logprobs                       # vocab 151,936, length 4,096, batch 8
+    python -m benchmarks.logprobs --length 512 --vocab 32000   # a quick check
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
 
+from benchmarks import harness
 from rlvr_jax.logprobs import chunked_logprobs_and_entropy
 
 GIB = 2**30
@@ -48,7 +47,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=896, help="Qwen2.5-0.5B's width")
     parser.add_argument("--chunk-size", type=int, default=256)
     parser.add_argument("--dtype", default="bfloat16", help="hidden states and unembedding")
-    parser.add_argument("--out", default="benchmarks/results/logprobs.json")
+    parser.add_argument("--out", default=harness.result_path("logprobs"))
     args = parser.parse_args()
 
     dtype = jnp.dtype(args.dtype)
@@ -87,26 +86,19 @@ def main() -> None:
         f"B={args.batch} T={args.length} V={args.vocab} D={args.hidden} dtype={args.dtype} "
         f"chunk={args.chunk_size}; full f32 logits would be {logits_gib:.2f} GiB"
     )
-    print(f"{'mode':<18}{'naive temp GiB':>16}{'chunked temp GiB':>18}{'ratio':>8}{'args GiB':>10}")
-    for row in rows:
-        print(
-            f"{row['mode']:<18}{row['naive']['temp_gib']:>16.3f}"
-            f"{row['chunked']['temp_gib']:>18.3f}{row['temp_ratio']:>8.3f}"
-            f"{row['chunked']['argument_gib']:>10.3f}"
-        )
-
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    harness.print_table(
+        ["mode", "naive temp GiB", "chunked temp GiB", "ratio", "args GiB"],
+        [[row["mode"], f"{row['naive']['temp_gib']:.3f}", f"{row['chunked']['temp_gib']:.3f}",
+          f"{row['temp_ratio']:.3f}", f"{row['chunked']['argument_gib']:.3f}"] for row in rows],
+    )
     result = {
         "method": "XLA compiled memory_analysis (temp_size_in_bytes), no allocation",
-        "platform": jax.devices()[0].platform,
-        "jax_version": jax.__version__,
+        **harness.machine(),
         "config": vars(args),
         "full_logits_gib": logits_gib,
         "rows": rows,
     }
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    harness.write_result(result, args.out)
 
 
 if __name__ == "__main__":

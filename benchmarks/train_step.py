@@ -23,21 +23,20 @@ analytic figure**; both are reported. Rematerialisation adds recomputed FLOPs th
 figure does not count (MFU, not hardware utilisation).
 
 Peak FLOP/s: ``--peak-tflops`` if given; otherwise for a GPU the dense bf16 peak of its kind
-from ``GPU_BF16_PEAK_TFLOPS``; otherwise (CPU) a float32 matmul rate measured on this machine
+from ``harness.ACCELERATORS``; otherwise (CPU) a float32 matmul rate measured on this machine
 (``--peak-matmul-size`` square matrices, best of 5) just before and just after the timed
 steps, the larger of the two. On a shared machine the load changes between the matmul and
 the steps; the process CPU time per wall second of the timed steps is reported to show it.
 
-    python benchmarks/train_step.py                              # SmolLM2-135M, 8 × (128+128)
-    python benchmarks/train_step.py --batch 2 --prompt-len 32 --response-len 32 --repeats 2
-    python benchmarks/train_step.py --preset qwen2.5-0.5b --dtype bfloat16 --batch 64 \\
+    python -m benchmarks.train_step                              # SmolLM2-135M, 8 × (128+128)
+    python -m benchmarks.train_step --batch 2 --prompt-len 32 --response-len 32 --repeats 2
+    python -m benchmarks.train_step --preset qwen2.5-0.5b --dtype bfloat16 --batch 64 \\
         --prompt-len 512 --response-len 1024 --micro-batches 4 --remat dots_saveable   # a GPU
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import statistics
@@ -48,21 +47,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import harness
 from rlvr_jax import models, sharding
 from rlvr_jax import optimizer as optim
 from rlvr_jax import train_step as ts
 from rlvr_jax.config import base_config
-
-# Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s, keyed by
-# words of ``jax.Device.device_kind`` ("NVIDIA H100 80GB HBM3" is the H100 SXM).
-GPU_BF16_PEAK_TFLOPS: dict[str, float] = {
-    "H100 80GB HBM3": 989.0,
-    "H100 PCIe": 756.0,
-    "H100 NVL": 835.0,
-    "H200": 989.0,
-    "A100": 312.0,
-    "L4": 121.0,
-}
 
 
 def matmul_weight_count(config: models.ModelConfig) -> int:
@@ -78,15 +67,6 @@ def analytic_flops(config: models.ModelConfig, batch: int, length: int) -> dict[
     matmul = 6.0 * matmul_weight_count(config) * batch * length
     attention = 12.0 * config.num_layers * length**2 * config.num_heads * config.head_dim * batch
     return {"matmul": matmul, "attention": attention, "total": matmul + attention}
-
-
-def gpu_peak_tflops(device_kind: str) -> float | None:
-    """The bf16 dense peak of the first table entry whose name occurs in ``device_kind``."""
-    kind = device_kind.lower()
-    for name in sorted(GPU_BF16_PEAK_TFLOPS, key=len, reverse=True):
-        if all(part in kind for part in name.lower().split()):
-            return GPU_BF16_PEAK_TFLOPS[name]
-    return None
 
 
 def measured_matmul_tflops(size: int, repeats: int = 5) -> float:
@@ -155,7 +135,7 @@ def parse_args() -> argparse.Namespace:
                         help="device peak, TFLOP/s (default: GPU table, or measured on CPU)")
     parser.add_argument("--peak-matmul-size", type=int, default=2048)
     parser.add_argument("--note", default="", help="free text stored with the result")
-    parser.add_argument("--out", default="benchmarks/results/train_step.json")
+    parser.add_argument("--out", default=harness.result_path("train_step"))
     args = parser.parse_args()
     for name in ("batch", "prompt_len", "response_len", "micro_batches", "repeats"):
         if getattr(args, name) < 1:
@@ -170,10 +150,9 @@ def table_peak(args: argparse.Namespace, device: jax.Device) -> tuple[float, str
     """The peak from ``--peak-tflops`` or the GPU table, with its source; None to measure."""
     if args.peak_tflops is not None:
         return args.peak_tflops, "--peak-tflops"
-    if device.platform == "gpu":
-        table = gpu_peak_tflops(device.device_kind)
-        if table is not None:
-            return table, f"bf16 dense data-sheet peak of {device.device_kind}"
+    sheet = harness.data_sheet(device.device_kind) if device.platform == "gpu" else None
+    if sheet is not None:
+        return sheet.bf16_tflops, f"bf16 dense data-sheet peak of {device.device_kind}"
     return None
 
 
@@ -238,8 +217,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "key": f"{device.platform}:{device.device_kind} x{jax.device_count()} | "
                + settings_key(settings),
-        "device": {"platform": device.platform, "kind": device.device_kind,
-                   "count": jax.device_count()},
+        **harness.machine(),
         "settings": settings,
         "num_params": config.num_params,
         "matmul_params": matmul_weight_count(config),
@@ -259,7 +237,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "mfu": achieved / peak_tflops,
         "mfu_uses": "model_flops_analytic.total",
         "final_loss": float(step_metrics["loss"]),
-        "jax_version": jax.__version__,
         "note": args.note,
     }
 
@@ -289,26 +266,21 @@ def print_table(result: dict[str, Any]) -> None:
         ("peak", f"{result['peak_tflops']:.3f} TFLOP/s ({result['peak_source']})"),
         ("MFU (analytic FLOPs)", f"{100 * result['mfu']:.1f} %"),
     ]
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
+    harness.print_table(["quantity", "value"], rows, align="<<")
 
 
 def save(result: dict[str, Any], path: pathlib.Path) -> None:
     """Adds ``result`` to the JSON file, replacing an entry with the same device + settings."""
-    entries = json.loads(path.read_text())["entries"] if path.exists() else []
+    entries = (harness.read_result(path) or {"entries": []})["entries"]
     entries = [e for e in entries if e["key"] != result["key"]] + [result]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"entries": entries}, indent=2) + "\n")
+    harness.write_result({"entries": entries}, path)
 
 
 def main() -> None:
     args = parse_args()
     result = run(args)
     print_table(result)
-    out = pathlib.Path(args.out)
-    save(result, out)
-    print(f"wrote {out}")
+    save(result, pathlib.Path(args.out))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Verifier throughput: verified answers per second for the math verifier and the code runner.
 
-    python benchmarks/verify.py [--workers 2] [--math-items 400]
+    python -m benchmarks.verify [--workers 2] [--math-items 400]
 
 Math: completions in mixed forms (fractions, decimals, LaTeX, sets, intervals, wrong answers)
 scored by ``MathVerifier`` after a warm-up call (worker start-up excluded). Code: the 164
@@ -11,11 +11,11 @@ Prints a table and writes ``benchmarks/results/verify.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
 
+from benchmarks import harness
 from rlvr_jax.data.humaneval import HumanEvalSource
 from rlvr_jax.rewards.code import CodeVerifier
 from rlvr_jax.rewards.math_verifier import MathVerifier
@@ -83,22 +83,17 @@ def main() -> None:
         "math_verifier": bench_math(args.workers, args.math_items),
         "code_runner_humaneval": bench_code(args.workers),
     }
-    print(f"{'verifier':<24}{'items':>7}{'seconds':>9}{'answers/s':>11}{'mean reward':>13}")
-    for name, row in results.items():
-        print(
-            f"{name:<24}{row['items']:>7}{row['seconds']:>9.2f}{row['per_second']:>11.1f}"
-            f"{row['reward_mean']:>13.3f}"
-        )
+    harness.print_table(["verifier", "items", "seconds", "answers/s", "mean reward"], [
+        [name, row["items"], f"{row['seconds']:.2f}", f"{row['per_second']:.1f}",
+         f"{row['reward_mean']:.3f}"] for name, row in results.items()
+    ])
     results["setup"] = {
         "workers": args.workers,
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
         "sandbox_isolation": isolation(),
     }
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "verify.json")
-    with open(path, "w") as file:
-        json.dump(results, file, indent=2)
-    print(f"wrote {path}")
+    harness.write_result(results, harness.result_path("verify"))
 
 
 if __name__ == "__main__":

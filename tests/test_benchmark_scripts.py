@@ -1,16 +1,14 @@
 """Pure helpers of the benchmark scripts against hand-computed values (no timing assertions)."""
 
-import importlib.util
 import json
-import pathlib
 
 import jax
 import numpy as np
 import pytest
 
+from benchmarks import decode_roofline as roofline
+from benchmarks import harness
 from rlvr_jax import models, sampling
-
-BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
 
 # TINY_CONFIG of decode_roofline.py: L=2, D=64, H=4, K=2, Dh=16, F=128, V=512, q/k/v biases.
 # One layer: q, o 64·64 each; k, v 64·32 each; biases 4·16 + 2·2·16; gate, up, down 64·128
@@ -19,17 +17,7 @@ TINY_LAYER = 2 * 64 * 64 + 2 * 64 * 32 + (64 + 64) + 3 * 64 * 128 + 2 * 64  # 37
 TINY_MATMUL = 2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128) + 512 * 64  # 106496
 
 
-@pytest.fixture(scope="module")
-def roofline():
-    spec = importlib.util.spec_from_file_location(
-        "decode_roofline", BENCHMARKS / "decode_roofline.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_tiny_layer_count_matches_initialised_parameters(roofline):
+def test_tiny_layer_count_matches_initialised_parameters():
     config = roofline.TINY_CONFIG
     params = models.init_params(config, jax.random.key(0))
     layer_sizes = sum(x.size for x in jax.tree.leaves(params["layers"]))
@@ -39,13 +27,13 @@ def test_tiny_layer_count_matches_initialised_parameters(roofline):
     assert total == 2 * TINY_LAYER + 64 + 512 * 64
 
 
-def test_average_cache_length_is_mean_over_decode_steps(roofline):
+def test_average_cache_length_is_mean_over_decode_steps():
     prompt, new = 16, 8
     lengths = [prompt + s for s in range(1, new)]  # decode step s attends over P + s slots
     assert roofline.average_cache_length(prompt, new) == pytest.approx(np.mean(lengths)) == 20
 
 
-def test_decode_bytes_per_step_tiny_bfloat16(roofline):
+def test_decode_bytes_per_step_tiny_bfloat16():
     config = roofline.model_config("tiny", "bfloat16")
     traffic = roofline.decode_bytes_per_step(config, batch=4, prompt_len=16, new_tokens=8)
     params = 2 * (2 * TINY_LAYER + 64 + 512 * 64 + 4 * 64)  # 214656 bytes
@@ -54,13 +42,13 @@ def test_decode_bytes_per_step_tiny_bfloat16(roofline):
     assert traffic["total"] == 235136
 
 
-def test_decode_bytes_float32_doubles_bfloat16(roofline):
+def test_decode_bytes_float32_doubles_bfloat16():
     half = roofline.decode_bytes_per_step(roofline.model_config("tiny", "bfloat16"), 4, 16, 8)
     full = roofline.decode_bytes_per_step(roofline.model_config("tiny", "float32"), 4, 16, 8)
     assert full["total"] == 2 * half["total"]
 
 
-def test_qwen_0_5b_reads_every_parameter_once_at_batch_one(roofline):
+def test_qwen_0_5b_reads_every_parameter_once_at_batch_one():
     config = roofline.model_config("qwen2.5-0.5b", "bfloat16")
     traffic = roofline.decode_bytes_per_step(config, batch=1, prompt_len=0, new_tokens=2)
     # 494,032,768 parameters (tied embedding) + one embedding row of 896.
@@ -68,14 +56,14 @@ def test_qwen_0_5b_reads_every_parameter_once_at_batch_one(roofline):
     assert traffic["kv"] == 2 * 24 * 1 * 2 * 1 * 64 * 2  # S_avg = 0 + 2/2
 
 
-def test_decode_flops_per_step_tiny(roofline):
+def test_decode_flops_per_step_tiny():
     config = roofline.TINY_CONFIG
     assert roofline.matmul_weight_count(config) == TINY_MATMUL
     attention = 4 * 4 * 2 * 4 * 16 * 20  # B, L, H, Dh, S_avg
     assert roofline.decode_flops_per_step(config, 4, 16, 8) == 2 * TINY_MATMUL * 4 + attention
 
 
-def test_roofline_fraction(roofline):
+def test_roofline_fraction():
     # 2.01 GB in 1 ms at 3350 GB/s: the roofline time is 0.6 ms, 60% of the step.
     assert roofline.roofline_fraction(2.01e9, 1e-3, 3350.0) == pytest.approx(0.6)
     assert roofline.roofline_fraction(1e6, 2e-3, 1.0) == pytest.approx(0.5)
@@ -85,11 +73,32 @@ def test_roofline_fraction(roofline):
 
 @pytest.mark.parametrize(
     ("kind", "expected"),
-    [("NVIDIA H100 80GB HBM3", (989.0, 3350.0)), ("NVIDIA H200", (989.0, 4800.0)),
-     ("NVIDIA H100 PCIe", (756.0, 2000.0)), ("cpu", None)],
+    [("NVIDIA H100 80GB HBM3", (989.0, 3350.0, 80.0)), ("NVIDIA H200", (989.0, 4800.0, 141.0)),
+     ("NVIDIA H100 PCIe", (756.0, 2000.0, 80.0)), ("NVIDIA A100-SXM4-40GB", (312.0, 1555.0, 40.0)),
+     ("NVIDIA A100 80GB PCIe", (312.0, 1935.0, 80.0)), ("cpu", None), ("TPU v4", None)],
 )
-def test_device_specs_from_device_kind(roofline, kind, expected):
-    assert roofline.device_specs(kind) == expected
+def test_accelerator_data_sheet_from_device_kind(kind, expected):
+    sheet = harness.data_sheet(kind)
+    assert expected == (None if sheet is None else
+                        (sheet.bf16_tflops, sheet.bandwidth_gbs, sheet.memory_gb))
+
+
+def test_result_files_and_tables(tmp_path, capsys):
+    path = tmp_path / "deep" / "r.json"
+    assert harness.read_result(path) is None
+    harness.write_result({"rows": [1.5]}, path)
+    assert harness.read_result(path) == {"rows": [1.5]} == json.loads(path.read_text())
+    assert path.read_text().endswith("\n") and f"wrote {path}" in capsys.readouterr().out
+    assert harness.result_path("x").endswith("benchmarks/results/x.json")
+    harness.print_table(["name", "value"], [["a", "1.0"], ["long name", 22]])
+    assert capsys.readouterr().out.splitlines() == [
+        "name       value", "a            1.0", "long name     22",
+    ]
+    harness.print_table(["k", "v"], [["a", "b c"]], align="<<")
+    assert capsys.readouterr().out.splitlines() == ["k  v", "a  b c"]
+    record = harness.machine(extra="1.0")
+    assert record["device"]["platform"] == jax.devices()[0].platform
+    assert record["versions"]["extra"] == "1.0" and record["cpu_count"] >= 1
 
 
 @pytest.mark.parametrize(
@@ -97,13 +106,13 @@ def test_device_specs_from_device_kind(roofline, kind, expected):
     [["--presets", "qwen9"], ["--new-tokens", "1"], ["--dtype", "bfloat17"],
      ["--batches", "0"], ["--bandwidth-gbs", "-1"]],
 )
-def test_bad_arguments_are_rejected(roofline, argv, capsys):
+def test_bad_arguments_are_rejected(argv, capsys):
     with pytest.raises(SystemExit):
         roofline.parse_args(argv)
     assert "error" in capsys.readouterr().err
 
 
-def test_one_and_n_token_calls_share_one_compiled_program(roofline):
+def test_one_and_n_token_calls_share_one_compiled_program():
     config = roofline.TINY_CONFIG
     params = models.init_params(config, jax.random.key(0))
     # 65 new tokens: generate's default 64-step buckets would give the 1-token call its own
@@ -124,7 +133,7 @@ def _fake_timing(full_s, one_token_s, new_tokens):
     return time_decode_step
 
 
-def test_main_rows_from_given_timings(roofline, monkeypatch, tmp_path):
+def test_main_rows_from_given_timings(monkeypatch, tmp_path):
     monkeypatch.setattr(roofline, "time_decode_step", _fake_timing(0.010, 0.003, 8))
     monkeypatch.setattr(roofline, "measure_bandwidth_gbs", lambda mib: {"read": 1.0, "copy": 2.0})
     out = tmp_path / "decode.json"
@@ -144,7 +153,7 @@ def test_main_rows_from_given_timings(roofline, monkeypatch, tmp_path):
     assert row["kv_full_buffer_bytes"] == 2 * 2 * 4 * 2 * 24 * 16 * 2  # all P + n = 24 slots
 
 
-def test_rows_skip_when_memory_would_not_fit_or_runs_out(roofline, monkeypatch):
+def test_rows_skip_when_memory_would_not_fit_or_runs_out(monkeypatch):
     config = roofline.TINY_CONFIG
     args = roofline.parse_args(["--presets", "tiny", "--prompt-len", "8", "--new-tokens", "4"])
 
@@ -173,7 +182,7 @@ def _result(kind, rows, **settings):
                      for preset, batch, step_s in rows]}
 
 
-def test_merge_keeps_rows_not_remeasured_from_same_device_and_settings(roofline):
+def test_merge_keeps_rows_not_remeasured_from_same_device_and_settings():
     previous = _result("H100", [("a", 1, 1.0), ("a", 2, 2.0), ("b", 1, 3.0)])
     new = _result("H100", [("a", 2, 9.0), ("c", 4, 5.0)])
     merged = roofline.merge_rows(previous, new)

@@ -2,7 +2,7 @@
 
 β_pos = β_neg = 0.5 is GRPO with population std (the grid's symmetric diagonal); the paper's
 default is β_pos = 0.9, β_neg = 0.4.
-``python -m launch.sweep configs/sweeps/asym_grpo_betas.py --workdir_root=runs/asym_betas``
+``python -m launch.sweep --sweep=configs/sweeps/asym_grpo_betas.py --workdir=runs/asym_betas``
 """
 
 from launch.sweep import product

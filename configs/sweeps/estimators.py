@@ -3,7 +3,7 @@
 Each estimator is a variant of the recipe (DAPO is a recipe, not only an estimator: clip-higher,
 dynamic sampling, token-level loss, overlong shaping), so each run starts from its own variant
 and the run names read ``config=<variant>__seed=<s>``.
-``python -m launch.sweep configs/sweeps/estimators.py --workdir_root=runs/estimators``
+``python -m launch.sweep --sweep=configs/sweeps/estimators.py --workdir=runs/estimators``
 """
 
 from launch.sweep import product

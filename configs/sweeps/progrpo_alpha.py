@@ -1,7 +1,7 @@
 """ProGRPO ARM strength α × 3 seeds on the SmolLM2 arithmetic recipe.
 
 α = 0 is GRPO exactly (the ARM term vanishes), so the sweep contains its own baseline.
-``python -m launch.sweep configs/sweeps/progrpo_alpha.py --workdir_root=runs/progrpo_alpha``
+``python -m launch.sweep --sweep=configs/sweeps/progrpo_alpha.py --workdir=runs/progrpo_alpha``
 """
 
 from launch.sweep import product
