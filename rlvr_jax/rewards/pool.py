@@ -111,10 +111,14 @@ class TimeoutPool:
         outcomes: dict[int, Outcome] = {}
         for _ in range(_POOL_STARTS):
             pool = self._running_pool()
-            futures = {
-                index: pool.schedule(fn, args_list[index], timeout=self.timeout_s)
-                for index in range(len(args_list)) if index not in outcomes
-            }
+            try:
+                futures = {
+                    index: pool.schedule(fn, args_list[index], timeout=self.timeout_s)
+                    for index in range(len(args_list)) if index not in outcomes
+                }
+            except RuntimeError:  # pebble found the pool broken (workers died while idle)
+                self.close()
+                continue
             for index, future in futures.items():
                 outcome = self._outcome(future)
                 if outcome is not None:
