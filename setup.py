@@ -23,6 +23,7 @@ INSTALL_REQUIRES = [
     "importlib_resources>=6",
     "reasoning-gym>=0.1.23,<0.2",
     "math-verify>=0.7,<1",
+    "pebble>=5.0,<6",
     "tensorboardX>=2.6,<3",
     "tqdm>=4.66",
     "matplotlib>=3.8",

@@ -3,8 +3,8 @@
     python -m benchmarks.verify [--workers 2] [--math-items 400]
 
 Math: completions in mixed forms (fractions, decimals, LaTeX, sets, intervals, wrong answers)
-scored by ``MathVerifier`` after a warm-up call (worker start-up excluded). Code: the 164
-HumanEval canonical solutions scored by ``CodeVerifier`` (one sandboxed process each).
+verified by ``math_verifier()`` after a warm-up call (worker start-up excluded). Code: the 164
+HumanEval canonical solutions verified by ``CodeVerifier`` (one sandboxed process each).
 Prints a table and writes ``benchmarks/results/verify.json``.
 """
 
@@ -18,7 +18,7 @@ import time
 from benchmarks import harness
 from rlvr_jax.data.humaneval import HumanEvalSource
 from rlvr_jax.rewards.code import CodeVerifier
-from rlvr_jax.rewards.math_verifier import MathVerifier
+from rlvr_jax.rewards.math_verifier import math_verifier
 from rlvr_jax.rewards.sandbox import isolation
 
 MATH_CASES = [
@@ -36,7 +36,7 @@ MATH_CASES = [
 
 
 def bench_math(workers: int, items: int) -> dict:
-    verifier = MathVerifier(num_workers=workers, timeout_s=5.0)
+    verifier = math_verifier(num_workers=workers, timeout_s=5.0)
     cases = [MATH_CASES[i % len(MATH_CASES)] for i in range(items)]
     # distinct strings, so the per-worker parse cache does not make the benchmark trivial
     completions = [
@@ -44,9 +44,9 @@ def bench_math(workers: int, items: int) -> dict:
         for i, (c, _) in enumerate(cases)
     ]
     golds = [g + " " * (i // len(MATH_CASES)) for i, (_, g) in enumerate(cases)]
-    verifier.score(completions[: workers * 2], golds[: workers * 2])  # start the workers
+    verifier.verify(completions[: workers * 2], golds[: workers * 2])  # start the workers
     start = time.perf_counter()
-    report = verifier.score(completions, golds)
+    report = verifier.verify(completions, golds)
     elapsed = time.perf_counter() - start
     verifier.close()
     return {
@@ -63,7 +63,7 @@ def bench_code(workers: int) -> dict:
     problems = [source[i] for i in range(len(source))]
     verifier = CodeVerifier(num_workers=workers)
     start = time.perf_counter()
-    report = verifier.score([p["answer"] for p in problems], problems)
+    report = verifier.verify([p["answer"] for p in problems], problems)
     elapsed = time.perf_counter() - start
     return {
         "items": len(problems),

@@ -9,7 +9,7 @@ DAPO baselines.
 
 Both data sets are built once into ``~/tensorflow_datasets`` from the user's files (see
 ``rlvr_jax.data.tfds_builders``); later runs need no ``manual_dir``. The training task is a
-``mixture`` (``rlvr_jax/rewards/mixture.py``): each example keeps its component's verifier and
+``mixture`` (``rlvr_jax/tasks/mixture.py``): each example keeps its component's verifier and
 prompt, and the log shows ``train/reward_mean/math``, ``train/reward_mean/dapo_math`` and the
 groups per component each step.
 

@@ -37,8 +37,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from rlvr_jax import advantages, logprobs, metrics, models, sampling, shaping
-from rlvr_jax.data.sampling import epoch_order
-from rlvr_jax.rewards.distributed import score_across_processes
+from rlvr_jax.rewards.distributed import verify_across_processes
+from rlvr_jax.tasks.order import epoch_order
 
 Batch = dict[str, np.ndarray]
 
@@ -188,7 +188,7 @@ class Sampler:
         ]
         flat_texts = [t for group in texts for t in group]
         flat_examples = [ex for ex in examples for _ in range(G)]
-        report = score_across_processes(self.task, flat_texts, flat_examples)
+        report = verify_across_processes(self.task, flat_texts, flat_examples)
         return Groups(
             examples=examples, prompt_ids=prompt_ids,
             completion_tokens=host["tokens"], completion_mask=host["mask"],

@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rlvr_jax import checkpoint, evaluation, logprobs, models, rewards, rollout, sharding
+from rlvr_jax import checkpoint, evaluation, logprobs, models, rollout, sharding, tasks
 from rlvr_jax import config as config_lib
 from rlvr_jax import logging as run_logging
 from rlvr_jax import optimizer as optimizer_lib
@@ -61,7 +61,7 @@ def run(config: Any, workdir: str) -> dict[str, float]:
     model_config = model_config.replace(remat_policy=config.model.remat_policy)
     tokenizer = models.load_tokenizer(config.model.tokenizer or config.model.name,
                                       cache_dir=config.model.cache_dir)
-    task = rewards.get_task(config.task.name, **config.task.options.to_dict())
+    task = tasks.get(config.task.name, **config.task.options.to_dict())
     eos_ids = model_config.eos_token_ids or (tokenizer.eos_token_id,)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
 
@@ -83,7 +83,7 @@ def run(config: Any, workdir: str) -> dict[str, float]:
     stream = rollout.PromptStream(task, config.task.train_split, config.seed)
     eval_task = task
     if config.eval.task:
-        eval_task = rewards.get_task(config.eval.task, **config.eval.task_options.to_dict())
+        eval_task = tasks.get(config.eval.task, **config.eval.task_options.to_dict())
     eval_sampler = dataclasses.replace(sampler, task=eval_task)
     eval_examples = eval_task.examples(config.task.eval_split, seed=config.seed,
                                        n=config.eval.num_prompts)

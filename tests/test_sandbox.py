@@ -21,6 +21,7 @@ from rlvr_jax.rewards.sandbox import (
     run_python,
     sandbox_uid,
 )
+from rlvr_jax.rewards.verification import Status
 
 LIMITS = SandboxLimits(timeout_s=2.0, memory_bytes=512 << 20, max_processes=4)
 
@@ -160,7 +161,7 @@ def test_attacks_then_correct_solutions_in_one_batch(problems):
         completions += [f"```python\n{attack}\n```", problem["answer"]]
         batch += [problem, problem]
     verifier = CodeVerifier(num_workers=2, limits=LIMITS)
-    report = verifier.score(completions, batch)
+    report = verifier.verify(completions, batch)
     np.testing.assert_array_equal(report.rewards, [0.0, 1.0] * len(attacks))
     assert report.timeouts == 1
     assert not os.path.exists("/tmp/rlvr_sandbox_escape")
@@ -174,7 +175,7 @@ def test_humaneval_correct_passes_and_wrong_fails(problems):
         "```python\ndef has_close_elements(numbers, threshold):\n    return len(numbers) > 1\n```"
     ]  # passes the first assert of HumanEval/0, fails a later one
     verifier = CodeVerifier(num_workers=2, limits=LIMITS)
-    report = verifier.score(correct + wrong + partly_right, chosen + chosen + chosen[:1])
+    report = verifier.verify(correct + wrong + partly_right, chosen + chosen + chosen[:1])
     np.testing.assert_array_equal(report.rewards, [1.0] * 8 + [0.0] * 8 + [0.0])
 
 
@@ -204,5 +205,15 @@ def test_always_equal_objects_do_not_pass(problems):
     )
     completions = [always_equal.format("AlwaysEqual()"), always_equal.format("Sneaky(0)")]
     verifier = CodeVerifier(num_workers=2, limits=LIMITS)
-    report = verifier.score([*completions, problems[0]["answer"]], [problems[0]] * 3)
+    report = verifier.verify([*completions, problems[0]["answer"]], [problems[0]] * 3)
     np.testing.assert_array_equal(report.rewards, [0.0, 0.0, 1.0])
+
+
+def test_code_verifier_presents_the_verifier_interface(problems):
+    verifier = CodeVerifier(num_workers=1, limits=LIMITS)
+    completions = ["   \n", "```python\nwhile True:\n    pass\n```", problems[0]["answer"]]
+    verification = verifier.verify(completions, [problems[0]] * 3)
+    assert verification.statuses == (Status.NO_ANSWER, Status.TIMEOUT, Status.OK)
+    np.testing.assert_array_equal(verification.rewards, [0.0, 0.0, 1.0])
+    assert verifier.extract("```python\nx = 1\n```") == "x = 1\n"
+    verifier.close()

@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 
 import tensorflow_datasets as tfds
 
-from rlvr_jax.rewards.extraction import extract_boxed
+from rlvr_jax.boxed import extract_boxed
 
 _FEATURES = ("id", "question", "answer", "solution")
 _DAPO_PREFIX = re.compile(r"^Solve the following math problem step by step\..*?\n\n", re.DOTALL)

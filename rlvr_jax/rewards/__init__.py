@@ -1,44 +1,46 @@
-"""Verifiable rewards: tasks, their data, prompt formats and verifiers, behind one registry.
+"""Verifiers: binary rewards for completions checked against reference answers.
 
-The interface the RL loop uses::
+Every verifier presents one interface (``verification.Verifier``)::
 
-    from rlvr_jax import rewards
+    verifier.extract(completion)                    # final answer (or code) string, or None
+    verification = verifier.verify(completions, references)
+    verification.rewards                            # np.ndarray [N] float32 in {0, 1}
+    verification.statuses                           # tuple of Status: ok/no_answer/timeout/crash
+    verification.timeouts, .crashes, .no_answer     # counts
+    verifier.close()                                # stops worker processes (restart on use)
 
-    task = rewards.get_task("gsm8k", data_dir="~/tfds", manual_dir="~/raw/gsm8k")
-    examples = task.examples("train", seed=0, n=8)   # [{'id', 'question', 'answer', ...}]
-    stream = task.iterate("train", seed=0)           # endless, shuffled per epoch, host-sharded
-    prompts = [task.format_prompt(ex, tokenizer) for ex in examples]  # chat-formatted strings
-    rewards_ = task.score(completions, examples)     # np.ndarray [N] float32 in {0, 1}
-    report = task.score_report(completions, examples)  # .rewards, .statuses, .timeouts, ...
-    task.extract_answer(completion, example)         # final answer string (or code) or None
-    task.timeouts, task.crashes                      # running totals over all score calls
+* ``math_verifier()``: final answers (``extraction.extract_answer``) checked for mathematical
+  equivalence by ``math-verify``;
+* ``procedural_verifier(extract)``: answers checked by reasoning-gym's scorers, partial credit
+  counting as wrong;
+* ``CodeVerifier``: code run against unit tests in a sandbox (``sandbox.py`` lists the
+  isolation layers).
 
-For ``B`` prompts with ``G`` completions each, pass the ``B * G`` completions with each
-example repeated ``G`` times and reshape the rewards to ``[B, G]``.
-
-Scoring never raises on model output and never runs it in this process: math equivalence
-(``math-verify``) and reasoning-gym scorers run in a process pool with a hard per-item
-timeout; code runs in a sandbox (``sandbox.py`` lists the isolation layers). A timeout or
-crash scores 0 and is counted. Rewards are binary; partial credit is not a correct answer.
-
-Task names: ``list_tasks()`` (see ``tasks.py``); ``register_task(name, factory)`` adds one.
-``mixture`` trains on several tasks at once, interleaved by weight (see ``mixture.py``).
+The first two are configurations of ``AnswerVerifier``: extraction in the calling process,
+the answer-equivalence function in a ``pebble`` process pool with a hard per-item timeout
+(``pool.TimeoutPool``). Verification never raises on model output and never runs it in this
+process; a timeout or crash scores 0 and is counted. ``distributed.verify_across_processes``
+splits a task's verification over the processes of a multi-host job. Tasks (data + prompt
+format + verifier under a name) are in ``rlvr_jax.tasks``.
 """
 
-from rlvr_jax.rewards.extraction import extract_answer, extract_boxed
-from rlvr_jax.rewards.mixture import MixtureTask, mixture_task
-from rlvr_jax.rewards.report import ScoreReport
-from rlvr_jax.rewards.tasks import Task, get_task, list_tasks, register_task
-
-register_task("mixture", mixture_task)
+from rlvr_jax.boxed import extract_boxed
+from rlvr_jax.rewards.answer_verifier import AnswerVerifier
+from rlvr_jax.rewards.code import CodeVerifier
+from rlvr_jax.rewards.extraction import extract_answer, extract_last_number
+from rlvr_jax.rewards.math_verifier import math_verifier
+from rlvr_jax.rewards.procedural_verifier import procedural_verifier
+from rlvr_jax.rewards.verification import Status, Verification, Verifier
 
 __all__ = [
-    "MixtureTask",
-    "ScoreReport",
-    "Task",
+    "AnswerVerifier",
+    "CodeVerifier",
+    "Status",
+    "Verification",
+    "Verifier",
     "extract_answer",
     "extract_boxed",
-    "get_task",
-    "list_tasks",
-    "register_task",
+    "extract_last_number",
+    "math_verifier",
+    "procedural_verifier",
 ]

@@ -1,5 +1,9 @@
 """Unit-test rewards for Python code (HumanEval-style), run in the sandbox in parallel.
 
+:class:`CodeVerifier` presents the verifier interface of ``verification.Verifier`` with its
+own processes: each program runs in a fresh sandboxed interpreter (``sandbox.run_python``),
+started from a thread of a small pool, so it needs no worker pool of its own.
+
 A completion's code is the last fenced block (```` ```python ... ``` ````) if it has one, else
 the whole completion. If the code defines the entry-point function, the program is the
 problem's prompt (its imports and the stub) followed by the code, so the code's definition
@@ -19,10 +23,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from rlvr_jax.rewards.pool import CRASH, OK, TIMEOUT
-from rlvr_jax.rewards.report import NO_ANSWER, ScoreReport
+from rlvr_jax.rewards.pool import DEFAULT_NUM_WORKERS
 from rlvr_jax.rewards.sandbox import PASSED, SandboxLimits, run_python
 from rlvr_jax.rewards.sandbox import TIMEOUT as SANDBOX_TIMEOUT
+from rlvr_jax.rewards.verification import Status, Verification
 
 _FENCED = re.compile(r"```(?:python|py|Python)?[ \t]*\n(.*?)```", re.DOTALL)
 
@@ -80,32 +84,44 @@ def build_program(code: str, problem: Mapping[str, str]) -> str:
 
 
 class CodeVerifier:
-    """Scores completions by running problem tests in ``num_workers`` parallel sandboxes."""
+    """Verifies completions by running problem tests in ``num_workers`` parallel sandboxes.
 
-    def __init__(self, num_workers: int = 2, limits: SandboxLimits | None = None):
+    The references are the HumanEval-style problems (``prompt``, ``test``, ``entry_point``).
+    """
+
+    def __init__(
+        self, num_workers: int = DEFAULT_NUM_WORKERS, limits: SandboxLimits | None = None
+    ):
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         self.limits = limits or SandboxLimits()
         self.num_workers = num_workers
 
-    def score(
+    def extract(self, completion: str) -> str | None:
+        """The code of ``completion`` (see :func:`extract_code`)."""
+        return extract_code(completion)
+
+    def verify(
         self, completions: Sequence[str], problems: Sequence[Mapping[str, str]]
-    ) -> ScoreReport:
+    ) -> Verification:
         """Rewards ``[N]`` float32 in {0, 1}: 1 iff the completion passes its problem's tests."""
         if len(completions) != len(problems):
             raise ValueError(f"{len(completions)} completions but {len(problems)} problems")
         codes = [extract_code(completion) for completion in completions]
-        statuses = [NO_ANSWER] * len(completions)
+        statuses = [Status.NO_ANSWER] * len(completions)
         rewards = np.zeros(len(completions), np.float32)  # [N]
 
         def run(index: int) -> None:
             try:
                 result = run_python(build_program(codes[index], problems[index]), self.limits)
-                statuses[index] = TIMEOUT if result.status == SANDBOX_TIMEOUT else OK
+                statuses[index] = Status.TIMEOUT if result.status == SANDBOX_TIMEOUT else Status.OK
                 rewards[index] = float(result.status == PASSED)
             except Exception:  # a sandbox failure scores 0 and is counted, never raised
-                statuses[index] = CRASH
+                statuses[index] = Status.CRASH
 
         with concurrent.futures.ThreadPoolExecutor(self.num_workers) as executor:
             list(executor.map(run, [i for i, code in enumerate(codes) if code is not None]))
-        return ScoreReport(rewards, tuple(statuses))
+        return Verification(rewards, tuple(statuses))
+
+    def close(self) -> None:
+        """Nothing to stop: each sandboxed program ends with its run."""

@@ -1,29 +1,34 @@
-"""Verification split across processes: each host scores a slice, every host gets all rewards.
+"""Verification split across processes: each host verifies a slice, every host gets all rewards.
 
 In a multi-host job every process holds the same ``N`` completions after the generations are
 gathered. Instead of each one running the verifier on all ``N`` items, process ``p`` of ``P``
-scores the contiguous slice :func:`process_slice` gives it, and the per-item rewards and
-statuses are all-gathered, so every process ends with the same full :class:`ScoreReport`.
+verifies the contiguous slice :func:`process_slice` gives it, and the per-item rewards and
+statuses are all-gathered, so every process ends with the same full :class:`Verification`.
 
-Counters: the returned report's ``timeouts`` / ``crashes`` / ``no_answer`` count all ``N``
-items (they are derived from the gathered statuses); the task's running totals
-``task.timeouts`` / ``task.crashes`` count only the items this process scored, so summed over
-processes they count every item exactly once.
+Counters: the returned verification's ``timeouts`` / ``crashes`` / ``no_answer`` count all
+``N`` items (they are derived from the gathered statuses); the task's running totals
+``task.timeouts`` / ``task.crashes`` count only the items this process verified, so summed
+over processes they count every item exactly once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Protocol
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from rlvr_jax.rewards.pool import CRASH, OK, TIMEOUT
-from rlvr_jax.rewards.report import NO_ANSWER, ScoreReport
+from rlvr_jax.rewards.verification import Status, Verification
 
-STATUSES = (OK, NO_ANSWER, TIMEOUT, CRASH)  # a status travels as its index in this tuple
+STATUSES = tuple(Status)  # a status travels as its index in this tuple
+
+
+class Verifiable(Protocol):
+    """What this module needs of a task: ``verify(completions, examples)``."""
+
+    def verify(self, completions: Sequence[str], examples: Sequence[dict]) -> Verification: ...
 
 
 def process_slice(num_items: int, process_index: int, process_count: int) -> slice:
@@ -47,39 +52,41 @@ def encode_statuses(statuses: Sequence[str]) -> np.ndarray:
     """Statuses as their indices in :data:`STATUSES`, ``[n]`` int32."""
     unknown = sorted(set(statuses) - set(STATUSES))
     if unknown:
-        raise ValueError(f"unknown score statuses {unknown}; expected one of {STATUSES}")
+        raise ValueError(
+            f"unknown verification statuses {unknown}; expected one of {list(map(str, STATUSES))}"
+        )
     return np.asarray([STATUSES.index(s) for s in statuses], np.int32).reshape(-1)
 
 
-def score_across_processes(
-    task: Any, completions: Sequence[str], examples: Sequence[dict]
-) -> ScoreReport:
-    """``task.score_report(completions, examples)``, with the verifier work split over processes.
+def verify_across_processes(
+    task: Verifiable, completions: Sequence[str], examples: Sequence[dict]
+) -> Verification:
+    """``task.verify(completions, examples)``, with the verifier work split over processes.
 
     Every process must call this with the same ``N`` items (same order). With one process it
-    is exactly ``task.score_report``. Otherwise this process scores its
+    is exactly ``task.verify``. Otherwise this process verifies its
     :func:`process_slice`, pads its rewards ``[n_p]`` and status codes ``[n_p]`` to
     ``ceil(N / P)``, and ``process_allgather`` stacks them to ``[P, ceil(N / P)]``; the
-    unpadded rows, concatenated in process order, are the full report of ``N`` items.
+    unpadded rows, concatenated in process order, are the full verification of ``N`` items.
     """
     if len(completions) != len(examples):
         raise ValueError(f"{len(completions)} completions but {len(examples)} examples")
     process_count = jax.process_count()
     if process_count == 1:
-        return task.score_report(completions, examples)
+        return task.verify(completions, examples)
 
     num_items = len(completions)
     counts = np.asarray(
         multihost_utils.process_allgather(np.asarray([num_items], np.int32))
     ).reshape(process_count)  # [P]
     if np.any(counts != num_items):
-        raise ValueError(f"processes hold different numbers of items to score: {counts.tolist()}")
+        raise ValueError(f"processes hold different numbers of items to verify: {counts.tolist()}")
     if num_items == 0:
-        return ScoreReport(rewards=np.zeros(0, np.float32), statuses=())
+        return Verification.empty()
 
     slices = [process_slice(num_items, p, process_count) for p in range(process_count)]
     mine = slices[jax.process_index()]
-    local = _score_slice(task, list(completions[mine]), list(examples[mine]))
+    local = _verify_slice(task, list(completions[mine]), list(examples[mine]))
     width = -(-num_items // process_count)
     rewards = np.zeros(width, np.float32)  # [W]
     codes = np.zeros(width, np.int32)  # [W]
@@ -91,20 +98,20 @@ def score_across_processes(
     sizes = [s.stop - s.start for s in slices]
     full_rewards = np.concatenate([all_rewards[p, :n] for p, n in enumerate(sizes)])  # [N]
     full_codes = np.concatenate([all_codes[p, :n] for p, n in enumerate(sizes)])  # [N]
-    return ScoreReport(
+    return Verification(
         rewards=full_rewards.astype(np.float32),
         statuses=tuple(STATUSES[int(code)] for code in full_codes),
     )
 
 
-def _score_slice(task: Any, completions: list[str], examples: list[dict]) -> ScoreReport:
+def _verify_slice(task: Verifiable, completions: list[str], examples: list[dict]) -> Verification:
     """This process's share; an empty share (``N < P``) never reaches the verifier."""
     if not completions:
-        return ScoreReport(rewards=np.zeros(0, np.float32), statuses=())
-    report = task.score_report(completions, examples)
-    if len(report.rewards) != len(completions) or len(report.statuses) != len(completions):
+        return Verification.empty()
+    verification = task.verify(completions, examples)
+    if len(verification.statuses) != len(completions):
         raise ValueError(
-            f"task {getattr(task, 'name', task)!r} returned {len(report.rewards)} rewards and "
-            f"{len(report.statuses)} statuses for {len(completions)} completions"
+            f"task {getattr(task, 'name', task)!r} returned {len(verification.statuses)} "
+            f"verdicts for {len(completions)} completions"
         )
-    return report
+    return verification

@@ -3,7 +3,7 @@
 The answer of a completion is, in order of precedence:
 
 1. the content of the **last** ``\\boxed{...}`` (or ``\\fbox{...}``), matched with balanced
-   braces so ``\\boxed{\\frac{1}{2}}`` gives ``\\frac{1}{2}``;
+   braces so ``\\boxed{\\frac{1}{2}}`` gives ``\\frac{1}{2}`` (``rlvr_jax.boxed``);
 2. otherwise the text after the last ``#### `` marker (GSM8K style), up to the end of line;
 3. otherwise the text after the last "The (final) answer is" (case-insensitive), up to the end
    of the sentence or line, with a trailing ``$`` / ``.`` stripped.
@@ -23,42 +23,14 @@ from __future__ import annotations
 
 import re
 
+from rlvr_jax.boxed import extract_boxed
+
 MAX_ANSWER_CHARS = 1000
 
-_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_BRACE = re.compile(r"[{}]")
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _HASHES = re.compile(r"####[ \t]*([^\n]*)")
 _ANSWER_IS = re.compile(r"answer\s+is\s*:?", re.IGNORECASE)
 _LAST_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-
-
-def _closing_braces(text: str, start: int) -> dict[int, int]:
-    """Map each ``{`` at or after ``start`` to the index of its matching ``}`` (one pass)."""
-    open_stack: list[int] = []
-    closing: dict[int, int] = {}
-    for brace in _BRACE.finditer(text, start):
-        if brace.group() == "{":
-            open_stack.append(brace.start())
-        elif open_stack:
-            closing[open_stack.pop()] = brace.start()
-    return closing
-
-
-def extract_boxed(text: str) -> str | None:
-    """Content of the last balanced ``\\boxed{...}`` in ``text``, or None.
-
-    A truncated (unbalanced) last box falls back to the last balanced one. One pass over the
-    braces after the first box, so the cost is linear even for adversarial nesting.
-    """
-    starts = [match.end() - 1 for match in _BOXED.finditer(text)]
-    if not starts:
-        return None
-    closing = _closing_braces(text, starts[0])
-    for open_index in reversed(starts):
-        if open_index in closing:
-            return text[open_index + 1 : closing[open_index]].strip()
-    return None
 
 
 def _clean_sentence(answer: str) -> str:

@@ -1,16 +1,16 @@
-"""Math answer equivalence through ``math-verify``, isolated in a timeout process pool.
+"""Math answer equivalence through ``math-verify``: one configuration of ``AnswerVerifier``.
 
-Scoring one completion against a gold answer:
+Verifying one completion against a gold answer:
 
 1. ``extract_answer`` (in the calling process; linear time) finds the final answer string.
    No answer, or one longer than ``MAX_ANSWER_CHARS``, scores 0 without touching a parser.
-2. In a worker process, gold and answer are each parsed by ``math_verify.parse`` as the
-   content of a ``\\boxed{}`` (LaTeX first, then plain expressions), and compared with
-   ``math_verify.verify`` (numeric, symbolic, set, interval, percent and unit handling).
-   Both are called with their own ``signal``-based timeouts disabled
+2. In a worker process (:func:`math_equivalent`), gold and answer are each parsed by
+   ``math_verify.parse`` as the content of a ``\\boxed{}`` (LaTeX first, then plain
+   expressions), and compared with ``math_verify.verify`` (numeric, symbolic, set, interval,
+   percent and unit handling). Both are called with their own ``signal``-based timeouts disabled
    (``parsing_timeout=None, timeout_seconds=None``): the hard timeout is the pool's, which
-   SIGKILLs the worker. A gold answer that does not parse is compared as a string.
-3. A timeout or crash scores 0 and is counted in the returned ``MathScores``.
+   stops the worker. A gold answer that does not parse is compared as a string.
+3. A timeout or crash scores 0 and is counted in the returned ``Verification``.
 
 Rewards are binary: 1.0 when ``verify`` says equivalent, else 0.0.
 """
@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
+from typing import Any
 
+from rlvr_jax.rewards.answer_verifier import AnswerVerifier
 from rlvr_jax.rewards.extraction import extract_answer
-from rlvr_jax.rewards.pooled import PooledScorer
-from rlvr_jax.rewards.report import ScoreReport
 
 
 def _strip_math_delimiters(answer: str) -> str:
@@ -47,13 +46,14 @@ def _parse_boxed(answer: str) -> tuple:
     )
 
 
-def math_equivalent(answer: str, gold: str) -> float:
+def math_equivalent(answer: str, gold: Any) -> float:
     """1.0 if ``answer`` is mathematically equivalent to ``gold`` by math-verify, else 0.0.
 
-    Runs in a pool worker; it has no timeout of its own.
+    Runs in a pool worker; it has no timeout of its own. ``gold`` is read as a string.
     """
     from math_verify import verify
 
+    gold = str(gold)
     # math-verify warns that its own timeout is off; here that is by design (the pool's).
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     gold_parsed = _parse_boxed(gold)
@@ -65,33 +65,9 @@ def math_equivalent(answer: str, gold: str) -> float:
     return float(verify(list(gold_parsed), list(answer_parsed), timeout_seconds=None))
 
 
-class MathVerifier:
-    """Batched, parallel math scoring with a hard per-item timeout.
-
-    Args:
-      num_workers: verifier processes.
-      timeout_s: hard wall-clock limit per item; a timeout scores 0.
-      memory_limit_bytes: address-space limit of each worker.
-    """
-
-    def __init__(
-        self, num_workers: int = 2, timeout_s: float = 5.0, memory_limit_bytes: int = 4 << 30
-    ):
-        self._scorer = PooledScorer(
-            math_equivalent,
-            num_workers=num_workers,
-            timeout_s=timeout_s,
-            memory_limit_bytes=memory_limit_bytes,
-            preload=("math_verify", "rlvr_jax.rewards.math_verifier"),
-        )
-
-    def score(self, completions: Sequence[str], golds: Sequence[str]) -> ScoreReport:
-        """Score each completion against its gold answer: rewards ``[N]`` float32 in {0, 1}."""
-        if len(completions) != len(golds):
-            raise ValueError(f"{len(completions)} completions but {len(golds)} gold answers")
-        answers = [extract_answer(completion) for completion in completions]
-        return self._scorer.score(answers, [str(gold) for gold in golds])
-
-    def close(self) -> None:
-        """Stop the worker processes (they restart on the next ``score``)."""
-        self._scorer.close()
+def math_verifier(**pool_options: Any) -> AnswerVerifier:
+    """Math rewards: :func:`extract_answer`, then :func:`math_equivalent` against the gold
+    answer in a timeout pool (``pool_options``: see ``AnswerVerifier``)."""
+    return AnswerVerifier(
+        math_equivalent, extract_answer, preload=("math_verify", __name__), **pool_options
+    )

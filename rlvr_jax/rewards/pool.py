@@ -1,81 +1,61 @@
-"""A process pool with a hard per-item timeout, for verifiers that may hang or crash.
+"""A process pool with a hard per-item timeout, for checks that may hang or crash (``pebble``).
 
-``concurrent.futures`` cannot stop one running item, so this pool owns its worker processes:
-each item runs in a worker; an item that passes its deadline gets its worker SIGKILLed and
-replaced, and a worker that dies (segfault, out of memory) is replaced too. Either way the
-item's outcome is recorded as ``"timeout"`` or ``"crash"`` and the batch goes on: a verifier
-can never stop training. An exception raised by the scoring function is a ``"crash"`` as well.
+Each item ``fn(*args)`` runs in a worker process of a ``pebble.ProcessPool``. An item that
+runs past ``timeout_s`` has its worker stopped and replaced, and a worker that dies (segfault,
+out of memory, ``os._exit``) is replaced too: the item's outcome is ``Status.TIMEOUT`` or
+``Status.CRASH`` and the batch goes on. An exception raised by ``fn`` is a ``CRASH`` as well,
+so a check can never stop training.
 
 Workers are started with ``spawn`` (never ``fork`` from a process that runs JAX threads), run
-with an address-space limit (``RLIMIT_AS``) so a pathological input cannot take the host's
-memory, and report ready only after importing ``preload`` modules, so start-up time never
-counts against an item's deadline.
+under an address-space limit (``RLIMIT_AS``) so a pathological input cannot take the host's
+memory, and import ``preload`` modules before they take an item; pebble starts an item's clock
+when a worker takes it, so start-up never counts against a deadline. A stopped worker dies at
+once, even inside a long C call (SIGTERM keeps its default action in workers).
+
+The pool starts on the first ``map`` and stops on ``close``; the next ``map`` starts a fresh
+one. A pool that breaks (pebble's ``BrokenProcessPool``, e.g. workers that died while idle) is
+restarted and its unfinished items run again; workers that keep dying before they take any
+item mean a broken setup (a ``preload`` module that fails to import), which raises.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import importlib
 import multiprocessing
-import multiprocessing.connection
 import resource
-import time
-from collections import deque
+import signal
 from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-OK, TIMEOUT, CRASH = "ok", "timeout", "crash"
-_MAX_START_FAILURES = 3  # consecutive deaths before "ready": a broken setup, not bad input
+import pebble
+
+from rlvr_jax.rewards.verification import Status
+
+DEFAULT_NUM_WORKERS = 2
+DEFAULT_TIMEOUT_S = 5.0
+DEFAULT_MEMORY_LIMIT_BYTES = 4 << 30
+_POOL_STARTS = 3  # pool starts per ``map`` before a pool that keeps breaking is an error
 
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-    """Result of one item: ``value`` is the function's return value when ``status == "ok"``."""
+    """Result of one item: ``value`` is ``fn``'s return value when ``status`` is ``OK``."""
 
-    status: str
+    status: Status
     value: Any = None
     error: str = ""
 
 
-def _worker_main(
-    conn: multiprocessing.connection.Connection,
-    memory_limit_bytes: int | None,
-    preload: tuple[str, ...],
-) -> None:
-    """Worker loop: receive ``(fn, args)``, send back ``(status, value, error)``."""
+def _start_worker(memory_limit_bytes: int | None, preload: tuple[str, ...]) -> None:
+    """Runs in each new worker before it takes an item."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if memory_limit_bytes is not None:
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
     for module_name in preload:
         importlib.import_module(module_name)
-    conn.send("ready")
-    while True:
-        try:
-            message = conn.recv()
-        except EOFError:
-            return
-        fn, args = message
-        try:
-            conn.send((OK, fn(*args), ""))
-        except BaseException as error:  # any failure on a user input is a crash
-            conn.send((CRASH, None, f"{type(error).__name__}: {error}"[:500]))
-
-
-class _Worker:
-    def __init__(self, context, memory_limit_bytes: int | None, preload: tuple[str, ...]):
-        self.conn, child_conn = context.Pipe()
-        self.process = context.Process(
-            target=_worker_main, args=(child_conn, memory_limit_bytes, preload), daemon=True
-        )
-        self.process.start()
-        child_conn.close()
-        self.ready = False
-        self.job: int | None = None
-        self.deadline = 0.0
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.join()
-        self.conn.close()
 
 
 class TimeoutPool:
@@ -83,96 +63,93 @@ class TimeoutPool:
 
     Args:
       num_workers: worker processes (the parallelism of ``map``).
-      timeout_s: wall-clock limit per item, measured from dispatch to a ready worker.
+      timeout_s: wall-clock limit per item, from the moment a worker takes it.
       memory_limit_bytes: ``RLIMIT_AS`` of each worker (None: unlimited).
-      preload: modules each worker imports before it reports ready.
+      preload: modules each worker imports before it takes an item.
     """
 
     def __init__(
         self,
-        num_workers: int,
-        timeout_s: float,
-        memory_limit_bytes: int | None = 4 << 30,
+        num_workers: int = DEFAULT_NUM_WORKERS,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        memory_limit_bytes: int | None = DEFAULT_MEMORY_LIMIT_BYTES,
         preload: Sequence[str] = (),
     ):
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        self.num_workers = num_workers
         self.timeout_s = timeout_s
-        self._context = multiprocessing.get_context("spawn")
-        self._memory_limit_bytes = memory_limit_bytes
-        self._preload = tuple(preload)
-        self._start_failures = 0
-        self._workers = [self._new_worker() for _ in range(num_workers)]
+        self._initargs = (memory_limit_bytes, tuple(preload))
+        self._pool: pebble.ProcessPool | None = None
 
-    def _new_worker(self) -> _Worker:
-        return _Worker(self._context, self._memory_limit_bytes, self._preload)
+    @property
+    def started(self) -> bool:
+        """Whether worker processes exist (from the first ``map`` until ``close``)."""
+        return self._pool is not None
 
-    def _replace(self, worker: _Worker) -> None:
-        worker.kill()
-        self._workers[self._workers.index(worker)] = self._new_worker()
+    def _running_pool(self) -> pebble.ProcessPool:
+        """The pool, started now if it is not running (first use, closed or broken)."""
+        if self._pool is not None and not self._pool.active:
+            self.close()
+        if self._pool is None:
+            self._pool = pebble.ProcessPool(
+                max_workers=self.num_workers, initializer=_start_worker,
+                initargs=self._initargs, context=multiprocessing.get_context("spawn"),
+            )
+        return self._pool
 
     def map(self, fn: Callable[..., Any], args_list: Sequence[tuple]) -> list[Outcome]:
-        """Run ``fn(*args)`` for every ``args`` in parallel; outcomes in input order.
+        """Runs ``fn(*args)`` for every ``args`` in parallel; outcomes in input order.
 
-        ``fn`` must be picklable (a module-level function).
+        ``fn`` must be picklable (a module-level function). Raises RuntimeError only when the
+        pool breaks ``_POOL_STARTS`` times in one call (a broken setup, not a bad item).
         """
-        outcomes: list[Outcome | None] = [None] * len(args_list)
-        pending = deque(range(len(args_list)))
-        while pending or any(worker.job is not None for worker in self._workers):
-            for worker in list(self._workers):
-                if worker.ready and worker.job is None and pending:
-                    job = pending.popleft()
-                    try:
-                        worker.conn.send((fn, args_list[job]))
-                    except (BrokenPipeError, ConnectionResetError):  # died while idle
-                        pending.appendleft(job)
-                        self._replace(worker)
-                        continue
-                    worker.job = job
-                    worker.deadline = time.monotonic() + self.timeout_s
-            waiting = [w for w in self._workers if not w.ready or w.job is not None]
-            deadlines = [w.deadline for w in waiting if w.job is not None]
-            wait_s = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
-            ready_conns = multiprocessing.connection.wait([w.conn for w in waiting], wait_s)
-            for worker in list(waiting):
-                if worker.conn in ready_conns:
-                    self._receive(worker, outcomes)
-                elif worker.job is not None and time.monotonic() >= worker.deadline:
-                    outcomes[worker.job] = Outcome(TIMEOUT, error=f"over {self.timeout_s} s")
-                    self._replace(worker)
-        return outcomes  # type: ignore[return-value]
+        if not args_list:
+            return []
+        outcomes: dict[int, Outcome] = {}
+        for _ in range(_POOL_STARTS):
+            pool = self._running_pool()
+            try:
+                futures = {
+                    index: pool.schedule(fn, args_list[index], timeout=self.timeout_s)
+                    for index in range(len(args_list)) if index not in outcomes
+                }
+            except RuntimeError:  # pebble found the pool broken (workers died while idle)
+                self.close()
+                continue
+            for index, future in futures.items():
+                outcome = self._outcome(future)
+                if outcome is not None:
+                    outcomes[index] = outcome
+            if len(outcomes) == len(args_list):
+                return [outcomes[index] for index in range(len(args_list))]
+            self.close()  # broken: the unfinished items run again in a fresh pool
+        raise RuntimeError(
+            f"verifier workers keep dying while starting ({_POOL_STARTS} pools broke; check the "
+            f"preload modules {self._initargs[1]} and the memory limit {self._initargs[0]})"
+        )
 
-    def _receive(self, worker: _Worker, outcomes: list[Outcome | None]) -> None:
+    def _outcome(self, future: concurrent.futures.Future) -> Outcome | None:
+        """The outcome of one finished item; None when the pool broke before it finished."""
         try:
-            message = worker.conn.recv()
-        except (EOFError, OSError):
-            worker.process.join(timeout=1.0)  # the pipe closes just before the exit is reaped
-            if not worker.ready:
-                self._start_failures += 1
-                if self._start_failures > _MAX_START_FAILURES:
-                    code = worker.process.exitcode
-                    reason = f"verifier workers keep dying while starting (exit code {code})"
-                    raise RuntimeError(reason) from None
-            if worker.job is not None:
-                code = worker.process.exitcode
-                outcomes[worker.job] = Outcome(CRASH, error=f"worker died (exit code {code})")
-            self._replace(worker)
-            return
-        if message == "ready":
-            worker.ready = True
-            self._start_failures = 0
-            return
-        status, value, error = message
-        outcomes[worker.job] = Outcome(status, value, error)
-        worker.job = None
+            return Outcome(Status.OK, future.result())
+        except TimeoutError:
+            return Outcome(Status.TIMEOUT, error=f"over {self.timeout_s} s")
+        except pebble.ProcessExpired as error:
+            return Outcome(Status.CRASH, error=f"worker died (exit code {error.exitcode})")
+        except BrokenProcessPool:
+            return None
+        except (Exception, SystemExit) as error:  # raised by ``fn`` on its input
+            return Outcome(Status.CRASH, error=f"{type(error).__name__}: {error}"[:500])
 
     def close(self) -> None:
-        """Stop every worker process."""
-        for worker in self._workers:
-            worker.kill()
-        self._workers = []
+        """Stops every worker process; the next ``map`` starts a fresh pool."""
+        if self._pool is not None:
+            self._pool.stop()
+            self._pool.join()
+            self._pool = None
 
     def __enter__(self) -> TimeoutPool:
         return self

@@ -15,9 +15,8 @@ import numpy as np
 import tokenizers
 import transformers
 
-from rlvr_jax import models, rewards
-from rlvr_jax.data.prompts import PromptFormat
-from rlvr_jax.rewards.report import ScoreReport
+from rlvr_jax import models, tasks
+from rlvr_jax.rewards.verification import Status, Verification
 
 LETTERS = list("abcdefghij")
 SPECIALS = ["<pad>", "<eos>", "<user>", "<assistant>"]
@@ -54,25 +53,33 @@ def write_model(directory: str, seed: int = 0) -> str:
     return directory
 
 
-def first_letter_task(size: int = 64) -> rewards.Task:
+class FirstLetterVerifier:
+    """In-process: the answer is the completion's first character; right when it is the
+    reference (``"a"``)."""
+
+    def extract(self, completion: str) -> str | None:
+        return completion.strip()[:1] or None
+
+    def verify(self, completions, references) -> Verification:
+        scores = [float(c.strip()[:1] == r) for c, r in zip(completions, references, strict=True)]
+        return Verification(np.asarray(scores, np.float32), (Status.OK,) * len(scores))
+
+    def close(self) -> None:
+        pass
+
+
+def first_letter_task(size: int = 64) -> tasks.Task:
     data = [{"id": f"toy/{i}", "question": "say a" + "!" * (i % 3), "answer": "a"}
             for i in range(size)]
-
-    def verify(completions, examples):
-        scores = [float(c.strip()[:1] == ex["answer"]) for c, ex in
-                  zip(completions, examples, strict=True)]
-        return ScoreReport(np.asarray(scores, np.float32), ("ok",) * len(scores))
-
-    return rewards.Task(
-        name="toy_first_letter", load_split=lambda split: data, verify=verify,
-        answer_of=lambda c: c.strip()[:1] or None,
-        prompt_format=PromptFormat(instruction="", system_prompt=None),
+    return tasks.Task(
+        name="toy_first_letter", load_split=lambda split: data, verifier=FirstLetterVerifier(),
+        prompt_format=tasks.PromptFormat(instruction="", system_prompt=None),
     )
 
 
 def register() -> None:
-    if "toy_first_letter" not in rewards.list_tasks():
-        rewards.register_task("toy_first_letter", lambda **_: first_letter_task())
+    if "toy_first_letter" not in tasks.names():
+        tasks.register("toy_first_letter", lambda **_: first_letter_task())
 
 
 def toy_config(model_dir: str):

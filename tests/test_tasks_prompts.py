@@ -4,7 +4,7 @@ import pytest
 import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from rlvr_jax.data.prompts import BOXED_INSTRUCTION, PromptFormat, format_prompt
+from rlvr_jax.tasks.prompts import BOXED_INSTRUCTION, PromptFormat, format_prompt
 
 TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"

@@ -1,17 +1,18 @@
-"""Math verifier: an adversarial table with a time bound, and the timeout pool's containment.
+"""Math verifier: an adversarial table with a time bound; a timeout does not stop the batch.
 
 Stated bound: the whole table (35 items, 3 of them parser explosions that hit the 3 s hard
 timeout) scores within 60 s on a shared 2-core CPU, worker start-up included.
 """
 
-import os
 import time
 
 import numpy as np
 import pytest
 
-from rlvr_jax.rewards.math_verifier import MathVerifier
-from rlvr_jax.rewards.pool import CRASH, OK, TIMEOUT, TimeoutPool
+from rlvr_jax.rewards.math_verifier import math_verifier
+from rlvr_jax.rewards.verification import Status
+
+OK, NO_ANSWER, TIMEOUT = Status.OK, Status.NO_ANSWER, Status.TIMEOUT
 
 TABLE_BOUND_S = 60.0
 HALF = r"\frac{1}{2}"
@@ -42,11 +43,11 @@ TABLE = [
     (r"\boxed{1.0000001}", "1", 0.0, OK),
     (r"\boxed{\{1, 2, 3\}}", r"\{1,2\}", 0.0, OK),
     # format-only outputs and no answer
-    (r"\boxed{}", "3", 0.0, "no_answer"),
+    (r"\boxed{}", "3", 0.0, NO_ANSWER),
     (r"\boxed{\text{answer}}", "3", 0.0, OK),
-    ("The final answer is", "3", 0.0, "no_answer"),
-    ("I believe it is 3 but cannot box it", "3", 0.0, "no_answer"),
-    ("", "3", 0.0, "no_answer"),
+    ("The final answer is", "3", 0.0, NO_ANSWER),
+    ("I believe it is 3 but cannot box it", "3", 0.0, NO_ANSWER),
+    ("", "3", 0.0, NO_ANSWER),
     # several boxed answers: the last one counts
     (r"\boxed{3} no wait \boxed{4}", "4", 1.0, OK),
     (r"\boxed{4} no wait \boxed{3}", "4", 0.0, OK),
@@ -58,14 +59,14 @@ TABLE = [
     # LaTeX that makes parsers or SymPy explode
     (r"\boxed{10^{10^{10^{10}}}}", "1", 0.0, TIMEOUT),
     (r"\boxed{9^{9^{9^{9^{9}}}}}", "3", 0.0, TIMEOUT),
-    (r"\boxed{\frac{\frac{\frac{", "1", 0.0, "no_answer"),
+    (r"\boxed{\frac{\frac{\frac{", "1", 0.0, NO_ANSWER),
     (r"\boxed{\underbrace{\overbrace{\left(\right.}}}", "1", 0.0, OK),
 ]
 
 
 @pytest.fixture(scope="module")
 def verifier():
-    verifier = MathVerifier(num_workers=2, timeout_s=3.0)
+    verifier = math_verifier(num_workers=2, timeout_s=3.0)
     yield verifier
     verifier.close()
 
@@ -73,7 +74,7 @@ def verifier():
 def test_adversarial_table_scores_and_bound(verifier):
     completions, golds, expected_rewards, expected_statuses = zip(*TABLE, strict=True)
     start = time.perf_counter()
-    report = verifier.score(completions, golds)
+    report = verifier.verify(completions, golds)
     elapsed = time.perf_counter() - start
     assert report.rewards.dtype == np.float32 and report.rewards.shape == (len(TABLE),)
     mismatches = [
@@ -87,7 +88,7 @@ def test_adversarial_table_scores_and_bound(verifier):
 
 
 def test_item_after_timeout_is_scored(verifier):
-    report = verifier.score(
+    report = verifier.verify(
         [r"\boxed{9^{9^{9^{9^{9}}}}}", r"\boxed{0.5}", r"\boxed{0.25}"], [HALF, HALF, HALF]
     )
     assert report.statuses == (TIMEOUT, OK, OK)
@@ -95,50 +96,5 @@ def test_item_after_timeout_is_scored(verifier):
 
 
 def test_length_mismatch_is_an_error(verifier):
-    with pytest.raises(ValueError, match="2 completions but 1 gold"):
-        verifier.score(["a", "b"], ["1"])
-
-
-@pytest.fixture(scope="module")
-def pool():
-    with TimeoutPool(num_workers=2, timeout_s=1.0, memory_limit_bytes=1 << 30) as pool:
-        yield pool
-
-
-def test_pool_contains_timeouts_crashes_and_memory(pool):
-    outcomes = pool.map(pow, [(2, 10), (3, 2)])
-    assert [o.value for o in outcomes] == [1024, 9]
-    outcomes = pool.map(time.sleep, [(30,), (0,)])
-    assert [o.status for o in outcomes] == [TIMEOUT, OK]
-    outcomes = pool.map(os._exit, [(3,)])
-    assert outcomes[0].status == CRASH and "exit code 3" in outcomes[0].error
-    outcomes = pool.map(int, [("not a number",), ("12",)])
-    assert outcomes[0].status == CRASH and "ValueError" in outcomes[0].error
-    assert outcomes[1] == outcomes[1].__class__(OK, 12, "")
-    outcomes = pool.map(bytearray, [(10 << 30,), (4,)])  # 10 GB under a 1 GB RLIMIT_AS
-    assert outcomes[0].status == CRASH and "MemoryError" in outcomes[0].error
-    assert outcomes[1].value == bytearray(4)
-
-
-def test_pool_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="num_workers"):
-        TimeoutPool(num_workers=0, timeout_s=1.0)
-    with pytest.raises(ValueError, match="timeout_s"):
-        TimeoutPool(num_workers=1, timeout_s=0)
-
-
-def test_pool_replaces_a_worker_that_died_while_idle(pool):
-    pool.map(pow, [(2, 2), (2, 3)])  # both workers started and idle
-    for worker in pool._workers:
-        worker.process.kill()
-        worker.process.join()
-    outcomes = pool.map(pow, [(2, 5), (3, 3)])
-    assert [(o.status, o.value) for o in outcomes] == [(OK, 32), (OK, 27)]
-
-
-def test_pool_with_broken_setup_raises_instead_of_looping():
-    with (
-        TimeoutPool(num_workers=1, timeout_s=1.0, preload=("no_such_module_for_rlvr",)) as pool,
-        pytest.raises(RuntimeError, match="keep dying while starting"),
-    ):
-        pool.map(pow, [(2, 2)])
+    with pytest.raises(ValueError, match="2 completions but 1 references"):
+        verifier.verify(["a", "b"], ["1"])

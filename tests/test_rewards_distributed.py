@@ -1,5 +1,6 @@
 """Tests for rlvr_jax.rewards.distributed: the split arithmetic, the one-process identity, and a
-real two-process run (tests/multidevice/distributed_scoring_checks.py) over jax.distributed."""
+real two-process run (tests/multidevice/distributed_verification_checks.py) over
+jax.distributed."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlvr_jax.rewards.distributed import encode_statuses, process_slice, score_across_processes
+from rlvr_jax.rewards.distributed import encode_statuses, process_slice, verify_across_processes
 
 SCRIPT_DIR = Path(__file__).parent / "multidevice"
 sys.path.insert(0, str(SCRIPT_DIR))
-import distributed_scoring_checks as checks  # noqa: E402
+import distributed_verification_checks as checks  # noqa: E402
 from processes import run_processes  # noqa: E402
 
 # ---- split arithmetic --------------------------------------------------------------------
@@ -63,7 +64,7 @@ def test_encode_statuses_round_trip_and_unknown_status():
     codes = encode_statuses(statuses)
     assert codes.dtype == np.int32 and codes.shape == (5,)
     assert len(set(codes.tolist())) == 4
-    with pytest.raises(ValueError, match=r"unknown score statuses.*'maybe'"):
+    with pytest.raises(ValueError, match=r"unknown verification statuses.*'maybe'"):
         encode_statuses(("ok", "maybe"))
 
 
@@ -74,10 +75,10 @@ HAND_STATUSES = ("ok", "ok", "timeout", "ok", "no_answer", "crash", "ok")
 # ---- one process -------------------------------------------------------------------------
 
 
-def test_one_process_is_exactly_score_report():
+def test_one_process_is_exactly_task_verify():
     calls: list[list[str]] = []
     task = checks.recording_task(calls)
-    report = score_across_processes(task, list(checks.COMPLETIONS), checks.examples())
+    report = verify_across_processes(task, list(checks.COMPLETIONS), checks.examples())
     assert calls == [[f"item{i}" for i in range(7)]]  # one verifier call over every item
     np.testing.assert_array_equal(report.rewards, HAND_REWARDS)
     assert report.statuses == HAND_STATUSES
@@ -88,7 +89,7 @@ def test_one_process_is_exactly_score_report():
 def test_mismatched_lengths_are_rejected():
     task = checks.recording_task([])
     with pytest.raises(ValueError, match="2 completions but 1 examples"):
-        score_across_processes(task, ["a", "b"], checks.examples()[:1])
+        verify_across_processes(task, ["a", "b"], checks.examples()[:1])
 
 
 # ---- two processes -----------------------------------------------------------------------
@@ -97,25 +98,25 @@ def test_mismatched_lengths_are_rejected():
 @pytest.fixture(scope="module", params=[1, 4], ids=["1_device_each", "4_devices_each"])
 def two_process_results(request):
     """The JSON results of both processes, each with ``request.param`` CPU devices."""
-    return run_processes("distributed_scoring_checks.py", devices_per_process=request.param,
+    return run_processes("distributed_verification_checks.py", devices_per_process=request.param,
                          timeout=300)
 
 
 @pytest.mark.multidevice
-def test_two_processes_score_disjoint_slices_and_share_the_full_report(two_process_results):
-    direct = checks.recording_task([]).score_report(list(checks.COMPLETIONS), checks.examples())
+def test_two_processes_verify_disjoint_slices_and_share_the_full_result(two_process_results):
+    direct = checks.recording_task([]).verify(list(checks.COMPLETIONS), checks.examples())
     np.testing.assert_array_equal(direct.rewards, HAND_REWARDS)
     ids = [f"item{i}" for i in range(7)]
     for process_id, result in enumerate(two_process_results):
         assert result["initialized"]
         assert (result["process_index"], result["process_count"]) == (process_id, 2)
     seven = [result["seven"] for result in two_process_results]
-    assert seven[0]["calls"] == [ids[:4]]  # 7 items: process 0 scores 4, process 1 scores 3
+    assert seven[0]["calls"] == [ids[:4]]  # 7 items: process 0 verifies 4, process 1 verifies 3
     assert seven[1]["calls"] == [ids[4:]]
     for case in seven:
         np.testing.assert_array_equal(np.asarray(case["rewards"], np.float32), direct.rewards)
         assert tuple(case["statuses"]) == direct.statuses
-        assert case["report_counts"] == [1, 1, 1]  # global counts in the returned report
+        assert case["report_counts"] == [1, 1, 1]  # global counts in the returned result
     # The task totals count each process's own items: the timeout is item 2, the crash item 5.
     assert seven[0]["task_totals"] == [1, 0]
     assert seven[1]["task_totals"] == [0, 1]

@@ -32,6 +32,15 @@ class PromptFormat:
     system_prompt: str | None = None
 
 
+def task_prompt_format(
+    instruction: str | None, system_prompt: str | None, default_instruction: str
+) -> PromptFormat:
+    """A task's prompt format from its options: ``instruction`` (None: the task's
+    ``default_instruction``; ``""``: none) and ``system_prompt``."""
+    instruction = default_instruction if instruction is None else instruction
+    return PromptFormat(instruction=instruction, system_prompt=system_prompt)
+
+
 def format_prompt(question: str, prompt_format: PromptFormat, tokenizer: Any = None) -> str:
     """The prompt string for ``question`` (see the module docstring).
 

@@ -1,9 +1,9 @@
-"""Two-process check of ``score_across_processes``; run by tests/test_distributed_scoring.py.
+"""Two-process check of ``verify_across_processes``; run by tests/test_rewards_distributed.py.
 
 Each of two processes is started with ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES=2`` and
-``JAX_PROCESS_ID`` set and one CPU device; they join over Gloo, score the same items with a
+``JAX_PROCESS_ID`` set and one CPU device; they join over Gloo, verify the same items with a
 task whose verifier records what it was given, and print one JSON object on the last stdout
-line. The verifier rule (:func:`judge`) lives here so the test can score the same items
+line. The verifier rule (:func:`judge`) lives here so the test can verify the same items
 directly in one process.
 """
 
@@ -18,10 +18,9 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 import numpy as np  # noqa: E402
 
 from rlvr_jax import sharding as sh  # noqa: E402
-from rlvr_jax.data.prompts import PromptFormat  # noqa: E402
-from rlvr_jax.rewards.distributed import score_across_processes  # noqa: E402
-from rlvr_jax.rewards.report import ScoreReport  # noqa: E402
-from rlvr_jax.rewards.tasks import Task  # noqa: E402
+from rlvr_jax.rewards.distributed import verify_across_processes  # noqa: E402
+from rlvr_jax.rewards.verification import Verification  # noqa: E402
+from rlvr_jax.tasks import PromptFormat, Task  # noqa: E402
 
 # Item i: completion COMPLETIONS[i] for an example whose reference answer is ANSWERS[i].
 COMPLETIONS = ("4", "5", "<hang>", "x", "", "<boom>", "9")
@@ -43,27 +42,39 @@ def examples() -> list[dict]:
     return [{"id": f"item{i}", "question": "q", "answer": a} for i, a in enumerate(ANSWERS)]
 
 
-def recording_task(calls: list[list[str]]) -> Task:
-    """A task whose verifier applies :func:`judge` and appends the ids it scored to ``calls``."""
+class RecordingVerifier:
+    """Applies :func:`judge` to whole examples and appends the ids it verified to ``calls``."""
 
-    def verify(completions, exs):
-        calls.append([ex["id"] for ex in exs])
+    def __init__(self, calls: list[list[str]]):
+        self.calls = calls
+
+    def extract(self, completion: str) -> str | None:
+        return completion or None
+
+    def verify(self, completions, exs) -> Verification:
+        self.calls.append([ex["id"] for ex in exs])
         judged = [judge(c, ex["answer"]) for c, ex in zip(completions, exs, strict=True)]
-        return ScoreReport(
+        return Verification(
             rewards=np.asarray([r for r, _ in judged], np.float32),
             statuses=tuple(s for _, s in judged),
         )
 
+    def close(self) -> None:
+        pass
+
+
+def recording_task(calls: list[list[str]]) -> Task:
+    """A task whose verifier is a :class:`RecordingVerifier` that gets the whole examples."""
     return Task(
-        name="recording", load_split=lambda split: [], verify=verify,
-        answer_of=lambda completion: completion, prompt_format=PromptFormat(),
+        name="recording", load_split=lambda split: [], verifier=RecordingVerifier(calls),
+        prompt_format=PromptFormat(), reference=lambda example: example,
     )
 
 
 def run_case(completions: list[str], exs: list[dict]) -> dict:
     calls: list[list[str]] = []
     task = recording_task(calls)
-    report = score_across_processes(task, completions, exs)
+    report = verify_across_processes(task, completions, exs)
     return {
         "calls": calls,
         "rewards": report.rewards.tolist(),

@@ -1,4 +1,4 @@
-"""Task mixtures: proportions, determinism and resumption, per-component scoring, prompts,
+"""Task mixtures: proportions, determinism and resumption, per-component verification, prompts,
 answer extraction, errors, the LENS recipe's mixture, and per-component training metrics."""
 
 import ast
@@ -14,32 +14,41 @@ import numpy as np
 import pytest
 
 from rlvr_jax import config as config_lib
-from rlvr_jax import rewards, rollout
-from rlvr_jax.data.prompts import BOXED_INSTRUCTION, PromptFormat
-from rlvr_jax.rewards.mixture import MixtureSource, parse_components, position_counts
-from rlvr_jax.rewards.report import ScoreReport
+from rlvr_jax import rollout, tasks
+from rlvr_jax.rewards.verification import Status, Verification
+from rlvr_jax.tasks.mixture import MixtureSource, parse_components, position_counts
+from rlvr_jax.tasks.prompts import BOXED_INSTRUCTION, PromptFormat
 
 ROOT = pathlib.Path(__file__).parent.parent
 CLOSED = collections.Counter()
 
 
-def _fake_task(size: int = 10, tag: str = "fake", instruction: str = "Say it.") -> rewards.Task:
-    """``size`` examples ``{'id': '<tag>/<i>', 'question': 'q<i>', 'answer': '<i>'}``; a
-    completion is right when it equals the answer; the answer is the completion's last word."""
+class ExactVerifier:
+    """In-process: a completion is right when it equals the answer; the answer is its last
+    word; ``close`` is counted in ``CLOSED`` under ``tag``."""
+
+    def __init__(self, tag: str):
+        self.tag = tag
+
+    def extract(self, completion):
+        return completion.split()[-1] if completion.split() else None
+
+    def verify(self, completions, references):
+        scores = [float(c == r) for c, r in zip(completions, references, strict=True)]
+        return Verification(np.asarray(scores, np.float32), (Status.OK,) * len(scores))
+
+    def close(self):
+        CLOSED.update([self.tag])
+
+
+def _fake_task(size: int = 10, tag: str = "fake", instruction: str = "Say it.") -> tasks.Task:
+    """``size`` examples ``{'id': '<tag>/<i>', 'question': 'q<i>', 'answer': '<i>'}``."""
     data = [{"id": f"{tag}/{i}", "question": f"q{i}", "answer": str(i)} for i in range(size)]
-
-    def verify(completions, examples):
-        scores = [float(c == ex["answer"]) for c, ex in zip(completions, examples, strict=True)]
-        return ScoreReport(np.asarray(scores, np.float32), ("ok",) * len(scores))
-
-    return rewards.Task(
-        name=tag, load_split=lambda split: data, verify=verify,
-        answer_of=lambda c: c.split()[-1] if c.split() else None,
-        prompt_format=PromptFormat(instruction=instruction), close=lambda: CLOSED.update([tag]),
-    )
+    return tasks.Task(name=tag, load_split=lambda split: data, verifier=ExactVerifier(tag),
+                      prompt_format=PromptFormat(instruction=instruction))
 
 
-rewards.register_task("fake_for_mixture", _fake_task)
+tasks.register("fake_for_mixture", _fake_task)
 
 
 def fake(size, weight, tag, **extra):
@@ -67,13 +76,13 @@ def test_position_counts_follow_the_weights(sizes, weights, counts):
 
 
 def test_one_stream_epoch_holds_each_components_share_and_every_example():
-    task = rewards.get_task("mixture", components=[
+    task = tasks.get("mixture", components=[
         fake(40, 0.5, "a"), fake(30, 0.3, "b"), fake(10, 0.2, "c")], seed=3)
     source = task.source("train")
     assert len(source) == 100  # max(40 / .5, 30 / .3, 10 / .2)
     epoch, _ = rollout.PromptStream(task, "train", seed=5).take(len(source))
-    tasks = collections.Counter(example["task"] for example in epoch)
-    assert tasks == {"a": 50, "b": 30, "c": 20}
+    labels = collections.Counter(example["task"] for example in epoch)
+    assert labels == {"a": 50, "b": 30, "c": 20}
     seen = collections.Counter(example["id"] for example in epoch)
     a_counts = collections.Counter(seen[f"a/{i}"] for i in range(40))
     assert a_counts == {1: 30, 2: 10}  # one full walk of 40, then 10 of the next
@@ -83,7 +92,7 @@ def test_one_stream_epoch_holds_each_components_share_and_every_example():
 
 def test_long_stream_proportions_match_the_weights():
     """3000 positions over many epochs: each share within 0.03 of its weight (>3 sigma)."""
-    task = rewards.get_task("mixture", components=[
+    task = tasks.get("mixture", components=[
         fake(13, 0.6, "a"), fake(7, 0.3, "b"), fake(5, 0.1, "c")], seed=0)
     examples, _ = rollout.PromptStream(task, "train", seed=1).take(3000)
     shares = collections.Counter(example["task"] for example in examples)
@@ -93,7 +102,7 @@ def test_long_stream_proportions_match_the_weights():
 
 def test_same_seed_same_order_and_a_resumed_stream_continues_identically():
     def mixture(seed):
-        return rewards.get_task("mixture", components=[fake(11, 2, "a"), fake(6, 1, "b")],
+        return tasks.get("mixture", components=[fake(11, 2, "a"), fake(6, 1, "b")],
                                 seed=seed)
 
     def order(seed):
@@ -133,8 +142,8 @@ def _expression(example) -> str:
     return question.removeprefix("Calculate ").rstrip(".")
 
 
-def test_a_mixed_batch_is_scored_prompted_and_extracted_by_each_component():
-    task = rewards.get_task("mixture", components=[
+def test_a_mixed_batch_is_verified_prompted_and_extracted_by_each_component():
+    task = tasks.get("mixture", components=[
         {"name": "basic_arithmetic", "weight": 1,
          "options": {"answer_format": "last_number", "size": 20, "num_workers": 1,
                      "min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2}},
@@ -150,7 +159,7 @@ def test_a_mixed_batch_is_scored_prompted_and_extracted_by_each_component():
         bare = [f"I get {value}" for value in truth]  # right number, no box
         boxed = [f"so \\boxed{{{value}}}" for value in truth]
         wrong = [f"so \\boxed{{{value + 1}}}" for value in truth]
-        report = task.score_report(bare + boxed + wrong, examples * 3)
+        report = task.verify(bare + boxed + wrong, examples * 3)
         is_chain = np.asarray([example["task"] == "chain_sum" for example in examples])
         # basic_arithmetic takes the last number; chain_sum needs the strict (boxed) form.
         np.testing.assert_array_equal(report.rewards[:12], np.where(is_chain, 0.0, 1.0))
@@ -173,7 +182,7 @@ def test_a_mixed_batch_is_scored_prompted_and_extracted_by_each_component():
 
 def test_close_closes_every_component():
     CLOSED.clear()
-    task = rewards.get_task("mixture", components=[fake(3, 1, "x"), fake(3, 1, "y")])
+    task = tasks.get("mixture", components=[fake(3, 1, "x"), fake(3, 1, "y")])
     task.close()
     assert CLOSED == {"x": 1, "y": 1}
 
@@ -198,17 +207,17 @@ def test_close_closes_every_component():
 ])
 def test_malformed_components_are_named(components, message):
     with pytest.raises(ValueError, match=message):
-        rewards.get_task("mixture", components=components)
+        tasks.get("mixture", components=components)
 
 
 def test_bad_component_options_and_foreign_examples_are_named():
     with pytest.raises(ValueError, match=r"component 1 \(basic_arithmetic\).*answer_format"):
-        rewards.get_task("mixture", components=[
+        tasks.get("mixture", components=[
             fake(3, 1, "a"), {"name": "basic_arithmetic", "weight": 1,
                               "options": {"answer_format": "words"}}])
-    task = rewards.get_task("mixture", components=[fake(3, 1, "a"), fake(3, 1, "b")])
+    task = tasks.get("mixture", components=[fake(3, 1, "a"), fake(3, 1, "b")])
     with pytest.raises(ValueError, match=r"task=None, not one of this mixture's components"):
-        task.score(["1"], [{"id": "x", "question": "q", "answer": "1"}])
+        task.verify(["1"], [{"id": "x", "question": "q", "answer": "1"}])
     with pytest.raises(ValueError, match=r"task='c'"):
         task.format_prompt({"id": "x", "question": "q", "answer": "1", "task": "c"})
     with pytest.raises(ValueError, match="no examples"):
@@ -231,7 +240,7 @@ def test_lens_recipe_trains_on_math_and_dapo_math_and_evaluates_on_math500():
 
 
 def test_group_metrics_average_each_components_groups():
-    task = rewards.get_task("mixture", components=[
+    task = tasks.get("mixture", components=[
         fake(3, 1, "a"), fake(3, 1, "b"), fake(3, 1, "c")])
     examples = [{"id": i, "task": label} for i, label in enumerate("aba")]
     group_rewards = np.asarray([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0]])

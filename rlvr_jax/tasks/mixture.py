@@ -1,6 +1,6 @@
 """Task mixtures: several registered tasks trained together, interleaved by weight.
 
-``get_task("mixture", components=[...], seed=0)`` takes:
+``tasks.get("mixture", components=[...], seed=0)`` takes:
 
 * ``components``: a non-empty list of ``{"name": <registered task>, "weight": <number > 0>,
   "options": {<that task's keyword arguments>}}``, each optionally with a ``"label"`` (default:
@@ -26,7 +26,7 @@ identically):
    ``order_k(r) = default_rng([seed, TAG, k, r]).permutation(n_k)``: the component walks its
    own seeded order, reshuffled on each pass, when it is repeated to fill its share.
 
-Each example is the component's example with ``"task": <label>`` added; scoring, prompt
+Each example is the component's example with ``"task": <label>`` added; verification, prompt
 formatting and answer extraction dispatch on that key to the component. The RL loop's
 ``PromptStream`` reshuffles the ``L`` positions every epoch, so each epoch of the stream holds
 exactly ``c_k`` examples of component ``k`` and any window of it about ``p_k`` of them.
@@ -35,7 +35,6 @@ exactly ``c_k`` examples of component ``k`` and any window of it about ``p_k`` o
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -44,9 +43,10 @@ from typing import Any
 
 import numpy as np
 
-from rlvr_jax.data.sampling import RandomAccessSource
-from rlvr_jax.rewards.report import ScoreReport
-from rlvr_jax.rewards.tasks import Task, get_task
+from rlvr_jax.rewards.verification import Status, Verification
+from rlvr_jax.tasks.order import RandomAccessSource
+from rlvr_jax.tasks.registry import get
+from rlvr_jax.tasks.task import Task
 
 TAG = 0x6D6978  # separates the mixture's random streams from the prompt stream's epoch orders
 MAX_POSITIONS = 10_000_000
@@ -179,9 +179,40 @@ def label_of(example: Any, labels: Sequence[str]) -> str:
     return label
 
 
-def _needs_example(completion: str) -> str | None:
-    raise ValueError("a mixture extracts answers with its components' extractors: call "
-                     "extract_answer(completion, example)")
+class ComponentVerifier:
+    """The verifier of a mixture: each item goes to the task its example's label names.
+
+    Its references are the whole examples (the label picks the component, whose own
+    ``Task.verify`` takes the reference from the example and counts its timeouts/crashes).
+    """
+
+    def __init__(self, components: Mapping[str, Task]):
+        self.components = dict(components)
+
+    def extract(self, completion: str) -> str | None:
+        raise ValueError("a mixture extracts answers with its components' extractors: call "
+                         "extract_answer(completion, example)")
+
+    def verify(self, completions: Sequence[str], examples: Sequence[dict]) -> Verification:
+        """Rewards and statuses in input order, each item verified by its component."""
+        labels = list(self.components)
+        rows_of: dict[str, list[int]] = {}
+        for row, example in enumerate(examples):
+            rows_of.setdefault(label_of(example, labels), []).append(row)
+        rewards = np.zeros(len(completions), np.float32)  # [N]
+        statuses = [Status.OK] * len(completions)
+        for label, rows in rows_of.items():
+            part = self.components[label].verify([completions[r] for r in rows],
+                                                 [examples[r] for r in rows])
+            rewards[rows] = part.rewards
+            for row, status in zip(rows, part.statuses, strict=True):
+                statuses[row] = status
+        return Verification(rewards, tuple(statuses))
+
+    def close(self) -> None:
+        """Closes every component."""
+        for task in self.components.values():
+            task.close()
 
 
 @dataclasses.dataclass
@@ -201,7 +232,7 @@ class MixtureTask(Task):
     def extract_answer(self, completion: str, example: dict[str, Any] | None = None) -> str | None:
         """The final answer by the extractor of ``example``'s component (required here)."""
         if example is None:
-            return _needs_example(completion)
+            return self.verifier.extract(completion)  # raises: the example is required
         return self.component_of(example).extract_answer(completion, example)
 
     def group_metrics(self, examples: Sequence[Mapping[str, Any]],
@@ -218,30 +249,13 @@ class MixtureTask(Task):
         return out
 
 
-def _score_by_component(mixture: dict[str, Task], completions: Sequence[str],
-                        examples: Sequence[dict]) -> ScoreReport:
-    """Scores each completion with its example's component; rewards and statuses in order."""
-    rows_of: dict[str, list[int]] = {}
-    for row, example in enumerate(examples):
-        rows_of.setdefault(label_of(example, list(mixture)), []).append(row)
-    rewards = np.zeros(len(completions), np.float32)  # [N]
-    statuses = [""] * len(completions)
-    for label, rows in rows_of.items():
-        report = mixture[label].score_report([completions[r] for r in rows],
-                                             [examples[r] for r in rows])
-        rewards[rows] = report.rewards
-        for row, status in zip(rows, report.statuses, strict=True):
-            statuses[row] = status
-    return ScoreReport(rewards, tuple(statuses))
-
-
 def mixture_task(*, components: Any, seed: int = 0) -> MixtureTask:
     """The ``mixture`` task factory (see the module docstring for the options and the rule)."""
     parsed = parse_components(components)
     tasks: dict[str, Task] = {}
     for index, component in enumerate(parsed):
         try:
-            tasks[component.label] = get_task(component.name, **component.options)
+            tasks[component.label] = get(component.name, **component.options)
         except (ValueError, TypeError) as error:
             for task in tasks.values():
                 task.close()
@@ -251,16 +265,11 @@ def mixture_task(*, components: Any, seed: int = 0) -> MixtureTask:
         return MixtureSource(list(tasks), [task.source(split) for task in tasks.values()],
                              [component.weight for component in parsed], seed)
 
-    def close() -> None:
-        for task in tasks.values():
-            task.close()
-
     return MixtureTask(
         name="mixture",
         load_split=load_split,
-        verify=functools.partial(_score_by_component, tasks),
-        answer_of=_needs_example,
+        verifier=ComponentVerifier(tasks),
         prompt_format=None,
-        close=close,
+        reference=lambda example: example,
         components=tasks,
     )

@@ -1,4 +1,5 @@
-"""Seeded shuffling and host sharding over any random-access source (``len`` + ``[i]``).
+"""The deterministic example order: seeded shuffling and host sharding over any random-access
+source (``len`` + ``[i]``).
 
 Epoch ``e`` visits the permutation ``default_rng([seed, e]).permutation(N)``. For multi-host
 runs the permutation is cut to a multiple of ``process_count`` (dropping at most
@@ -16,6 +17,8 @@ import numpy as np
 
 
 class RandomAccessSource(Protocol):
+    """Examples by index: what a task's split is."""
+
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> dict[str, Any]: ...
