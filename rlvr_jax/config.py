@@ -3,9 +3,10 @@
 Recipes in ``configs/`` start from :func:`base_config` and change what they need; consumers read
 attributes (``config.rollout.group_size``) and never re-merge or re-default a section. The
 config is locked: assigning a key that does not exist fails at once with ml_collections' own
-"did you mean" message, in a recipe, a sweep and on the command line alike. Only the option
-dictionaries (``task.options``, ``advantage.options``, ``eval.task_options``) are open; their
-keys are the keyword arguments of the function they configure, checked by :func:`validate`.
+"did you mean" message, in a recipe, a sweep and on the command line alike. Only the task
+option dictionaries (``task.options``, ``eval.task_options``) are open to a recipe; their keys
+are the keyword arguments of the task's factory, checked when the task is built. A command line
+or a sweep can change only keys that exist, as ml_collections' ``config_flags`` does.
 
 Where a section is a function's keyword arguments, the signature is the schema and holds the
 defaults; :func:`base_config` copies them in, so the config shows every value a run uses:
@@ -16,8 +17,8 @@ section                             keyword arguments of
 ``loss``                            :func:`rlvr_jax.losses.policy_loss` (its settings)
 ``optim``                           :func:`rlvr_jax.optimizer.make_optimizer`
 ``rollout.sampling``, ``eval.sampling`` :class:`rlvr_jax.sampling.SamplingStrategy`
-``advantage.options``               the estimator's options (:mod:`rlvr_jax.advantages`),
-                                    filled in by ``recipes.apply_variant``
+``advantage.options``               the estimator's keyword options (:mod:`rlvr_jax.advantages`),
+                                    for another estimator set by ``recipes.apply_variant``
 =================================== ======================================================
 
 The other sections (their keys are documented where they are read)::
@@ -25,7 +26,7 @@ The other sections (their keys are documented where they are read)::
     seed, total_steps
     model:      name (preset, HF directory or .gguf), tokenizer (None: same as name), dtype,
                 param_dtype, remat_policy, cache_dir
-    task:       name (a registered task), options, train_split, eval_split
+    task:       name (``tasks.names()``), options, train_split, eval_split
     rollout:    prompts_per_step (B), group_size (G), max_prompt_len, max_new_tokens, sampling,
                 prompt_bucket, length_bucket, old_logp_source ("trainer" | "sampler"),
                 dynamic_sampling, max_sampling_rounds, overlong_buffer (0: off), overlong_coef,
@@ -57,7 +58,7 @@ import ml_collections
 from rlvr_jax import advantages, logprobs, losses, optimizer, sampling
 
 placeholder = ml_collections.config_dict.placeholder
-OPEN_SECTIONS = ("task.options", "advantage.options", "eval.task_options")
+OPEN_SECTIONS = ("task.options", "eval.task_options")
 
 
 def _field(default: Any, annotation: Any) -> Any:

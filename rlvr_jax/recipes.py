@@ -60,6 +60,7 @@ def apply_variant(config: Any, variant: str | None) -> Any:
         section, key = path.split(".")
         config[section][key] = value
     config.advantage.options = estimator_options(config.advantage.estimator)
+    config.advantage.options.lock()
     return config
 
 
@@ -76,7 +77,8 @@ def math_rl_config(
     ``model`` is a preset name (users pass their checkpoint directory as ``model.name``);
     ``task`` and ``eval_task`` are TFDS-backed task names sharing ``TFDS_DATA_DIR``.
     ``task_options`` replaces the training task's options (default ``{"data_dir":
-    TFDS_DATA_DIR}``), e.g. the ``components`` of a ``mixture``.
+    TFDS_DATA_DIR, "manual_dir": ""}``: empty means the data set is built already; a command
+    line sets it to the raw files to build from), e.g. the ``components`` of a ``mixture``.
     """
     config = base_config()
     config.total_steps = steps
@@ -84,7 +86,7 @@ def math_rl_config(
     config.model.dtype = "bfloat16"
     config.model.remat_policy = "full"
     config.task.name = task
-    config.task.options = dict(task_options or {"data_dir": TFDS_DATA_DIR})
+    config.task.options = dict(task_options or {"data_dir": TFDS_DATA_DIR, "manual_dir": ""})
     config.eval.task = eval_task
     config.eval.task_options = {"data_dir": TFDS_DATA_DIR}
     config.eval.num_prompts = 500

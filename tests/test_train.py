@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -226,3 +227,22 @@ def test_other_variants_run_end_to_end(tmp_path, model_dir, variant):
             assert 0 <= row["train/mixed_groups_kept"] <= config.rollout.prompts_per_step
             assert row["train/shaped_reward_mean"] <= row["train/reward_mean"]
     assert "eval/pass@1" in last
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[pathlib.Path(p).stem for p in RECIPES])
+def test_command_lines_in_recipe_docstrings_parse(path, monkeypatch):
+    """Every ``--config.<key>=<value>`` a recipe's docstring shows is accepted by config_flags."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    doc = load_recipe(path).__doc__ or ""
+    overrides = [f"--config.{key}={value.strip(chr(39))}" for key, value in
+                 re.findall(r"--config\.([\w.\[\]]+)=(\S+)", doc)
+                 if "..." not in value]
+    argv = ["train", f"--config={path}", *overrides]
+    monkeypatch.setattr(sys, "argv", argv)  # config_flags defines override flags from argv
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=flag_values, lock_config=True)
+    flag_values(argv)
+    assert len(overrides) >= ("math" in path)
+    config_lib.validate(flag_values.config)
