@@ -4,18 +4,16 @@ jax.distributed."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+import distributed_verification_checks as checks
 import numpy as np
 import pytest
+from processes import run_processes
 
 from rlvr_jax.rewards.distributed import encode_statuses, process_slice, verify_across_processes
 
 SCRIPT_DIR = Path(__file__).parent / "multidevice"
-sys.path.insert(0, str(SCRIPT_DIR))
-import distributed_verification_checks as checks  # noqa: E402
-from processes import run_processes  # noqa: E402
 
 # ---- split arithmetic --------------------------------------------------------------------
 

@@ -13,6 +13,8 @@ import sys
 import jax
 import numpy as np
 import pytest
+import toy
+from processes import run_processes
 
 from rlvr_jax import advantages, recipes, rollout
 from rlvr_jax.config import base_config
@@ -181,21 +183,15 @@ def test_rollout_metrics_by_hand():
 
 @pytest.fixture(scope="module")
 def toy_model(tmp_path_factory):
-    sys.path.insert(0, str(E2E))
-    import toy
-
     return toy.write_model(str(tmp_path_factory.mktemp("toy_model")))
 
 
 @pytest.mark.slow
 @pytest.mark.multidevice
 def test_two_processes_train_like_one_process_with_eight_devices(tmp_path, toy_model):
-    sys.path.insert(0, str(MULTIDEVICE))
-    from processes import run_processes
-
     two = run_processes("train_run.py", toy_model, str(tmp_path / "two"), devices_per_process=4)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
+               JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(sys.path))
     done = subprocess.run([sys.executable, str(MULTIDEVICE / "train_run.py"), toy_model,
                            str(tmp_path / "one")], capture_output=True, text=True, env=env,
                           timeout=600)

@@ -19,14 +19,13 @@ from pathlib import Path
 import jax
 import ml_collections
 import pytest
+import toy_train
 from jax.sharding import AbstractMesh, AxisType, PartitionSpec
+from processes import run_processes
 
 from rlvr_jax import sharding as sh
 
 TOY_DIR = Path(__file__).parent / "multidevice"
-sys.path.insert(0, str(TOY_DIR))
-import toy_train  # noqa: E402
-from processes import run_processes  # noqa: E402
 
 RULES = sh.rules_from_config(None)
 
@@ -227,7 +226,7 @@ def eight_device_results(tmp_path_factory):
         env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     ).strip()
     env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = os.pathsep.join([str(TOY_DIR), *sys.path])
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
     completed = subprocess.run(
         [sys.executable, str(TOY_DIR / "sharding_checks.py"), str(tmp_path_factory.mktemp("md"))],
         capture_output=True, text=True, env=env, timeout=600,

@@ -8,7 +8,6 @@ import importlib.util
 import json
 import operator
 import pathlib
-import sys
 
 import numpy as np
 import pytest
@@ -253,7 +252,6 @@ def test_group_metrics_average_each_components_groups():
 
 @pytest.mark.slow
 def test_training_on_a_mixture_logs_each_components_reward_and_groups(tmp_path):
-    sys.path.insert(0, str(ROOT / "tests" / "e2e"))
     import toy
 
     from rlvr_jax import train

@@ -13,14 +13,13 @@ import time
 
 import numpy as np
 import pytest
+import toy
 
 from rlvr_jax import config as config_lib
 from rlvr_jax import recipes, train
 
 E2E = pathlib.Path(__file__).parent / "e2e"
-sys.path.insert(0, str(E2E))
 
-import toy  # noqa: E402
 
 ROOT = pathlib.Path(__file__).parent.parent
 

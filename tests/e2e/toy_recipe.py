@@ -1,9 +1,6 @@
 """Recipe file for the CLI end-to-end tests: the toy model directory comes from $TOY_MODEL_DIR."""
 
 import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
 
 import toy
 

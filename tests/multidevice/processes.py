@@ -34,7 +34,7 @@ def run_processes(script: str, *args: str, devices_per_process: int, num_process
             JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
             JAX_NUM_PROCESSES=str(num_processes),
             JAX_PROCESS_ID=str(process_id),
-            PYTHONPATH=os.pathsep.join([str(SCRIPT_DIR), *sys.path]),
+            PYTHONPATH=os.pathsep.join(sys.path),
         )
         children.append(subprocess.Popen(
             [sys.executable, str(SCRIPT_DIR / script), *args],

@@ -8,15 +8,12 @@ returned on this process (the last step's and the final evaluation's).
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import jax
 
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.config.update("jax_default_matmul_precision", "highest")
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "e2e"))
 
 import toy  # noqa: E402
 
