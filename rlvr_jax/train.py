@@ -117,7 +117,7 @@ def run(config: Any, workdir: str) -> dict[str, float]:
     with checkpoint.Checkpointer(
         ckpt_dir, save_every_steps=int(config.checkpoint.save_every_steps),
         keep_last=int(config.checkpoint.keep_last), async_save=bool(config.checkpoint.async_save),
-    ) as ckpt, checkpoint.PreemptionGuard() as guard:
+    ) as ckpt, checkpoint.PreemptionGuard(ckpt) as guard:
         start = 0
         if ckpt.latest_step() is not None:
             restored = ckpt.restore(jax.eval_shape(lambda: state), shardings)
@@ -154,7 +154,7 @@ def run(config: Any, workdir: str) -> dict[str, float]:
                 every = int(config.eval.every_steps)
                 if (every and (step + 1) % every == 0) or step + 1 == total:
                     last.update(run_eval(step + 1, log))
-                stop = guard.should_stop()
+                stop = guard.should_stop(step + 1)
                 ckpt.save(step + 1, state, {"stream_position": stream.position,
                                             "config": config.to_dict()},
                           force=stop or step + 1 == total)
