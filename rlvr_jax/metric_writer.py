@@ -33,6 +33,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import numpy as np
 
 _log = logging.getLogger(__name__)
@@ -78,8 +79,6 @@ class MetricWriter:
         resume_step: int | None = None,
     ) -> None:
         if is_main_process is None:
-            import jax
-
             is_main_process = jax.process_index() == 0
         self.is_main_process = is_main_process
         self._files: dict[str, Any] = {}
