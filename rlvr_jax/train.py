@@ -22,10 +22,19 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from tqdm import tqdm
 
-from rlvr_jax import checkpoint, evaluation, logprobs, models, rollout, sharding, tasks
+from rlvr_jax import (
+    checkpoint,
+    evaluation,
+    logprobs,
+    metric_writer,
+    models,
+    rollout,
+    sharding,
+    tasks,
+)
 from rlvr_jax import config as config_lib
-from rlvr_jax import logging as run_logging
 from rlvr_jax import optimizer as optimizer_lib
 from rlvr_jax import train_step as train_step_lib
 
@@ -91,7 +100,7 @@ def run(config: Any, workdir: str) -> dict[str, float]:
     rollout_key = jax.random.fold_in(jax.random.key(config.seed), 1)
     eval_key = jax.random.fold_in(jax.random.key(config.seed), 2)
 
-    def run_eval(step: int, log: run_logging.RunLogger) -> dict[str, float]:
+    def run_eval(step: int, log: metric_writer.MetricWriter) -> dict[str, float]:
         results, groups = evaluation.evaluate(
             eval_sampler, state.params, eval_examples, eval_key, config.eval, eval_tokens,
             batch_prompts=config.rollout.prompts_per_step)
@@ -104,19 +113,20 @@ def run(config: Any, workdir: str) -> dict[str, float]:
     ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
     last: dict[str, float] = {}
     with checkpoint.Checkpointer(
-        ckpt_dir, save_every_steps=int(config.checkpoint.save_every_steps),
-        keep_last=int(config.checkpoint.keep_last), async_save=bool(config.checkpoint.async_save),
-    ) as ckpt, checkpoint.PreemptionGuard() as guard:
+        ckpt_dir, save_every_steps=config.checkpoint.save_every_steps,
+        keep_last=config.checkpoint.keep_last, async_save=config.checkpoint.async_save,
+    ) as ckpt, checkpoint.PreemptionGuard(ckpt) as guard:
         start = 0
         if ckpt.latest_step() is not None:
             restored = ckpt.restore(jax.eval_shape(lambda: state), shardings)
             state, start = restored.state, restored.step
             stream.position = int(restored.host_state["stream_position"])
-        with run_logging.RunLogger(
-            workdir, config.to_dict(), tensorboard=bool(config.logging.tensorboard),
-            wandb=bool(config.logging.wandb), wandb_project=config.logging.wandb_project,
+        with metric_writer.MetricWriter(
+            workdir, config.to_dict(), tensorboard=config.logging.tensorboard,
+            wandb=config.logging.wandb, wandb_project=config.logging.wandb_project,
             is_main_process=main_process, resume_step=start if start else None,
-        ) as log, run_logging.ProgressBar(total, start, enabled=main_process) as progress:
+        ) as log, tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
+                       disable=not main_process) as progress:
             if start == 0 and config.eval.at_start:
                 last.update(run_eval(0, log))
             for step in range(start, total):
@@ -142,25 +152,20 @@ def run(config: Any, workdir: str) -> dict[str, float]:
                 every = config.eval.every_steps
                 if (every and (step + 1) % every == 0) or step + 1 == total:
                     last.update(run_eval(step + 1, log))
-                stop = guard.should_stop()
+                stop = guard.should_stop(step + 1)
                 ckpt.save(step + 1, state, {"stream_position": stream.position,
                                             "config": config.to_dict()},
                           force=stop or step + 1 == total)
-                progress.update(step + 1, {
+                progress.set_postfix({
                     "reward": stats["reward_mean"], "pass@1": last.get("eval/pass@1", 0.0),
-                    "tok/s": scalars["time/tokens_per_second"]})
+                    "tok/s": scalars["time/tokens_per_second"]}, refresh=False)
+                progress.update()
                 if stop:
                     print(f"stopping at step {step + 1} on request; checkpoint saved",
                           file=sys.stderr)
                     break
     task.close()
     eval_task.close()
-    if main_process:
-        history = run_logging.read_metrics(os.path.join(workdir, "metrics.jsonl"))
-        print(run_logging.summary_table(history))
-        run_logging.plot_curves(os.path.join(workdir, "metrics.jsonl"),
-                                os.path.join(workdir, "curves.png"),
-                                keys=("train/reward_mean", "eval/pass@1"))
     return last
 
 

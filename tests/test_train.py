@@ -61,6 +61,12 @@ def test_cli_runs_logs_checkpoints_and_resumes(tmp_path, model_dir):
     assert logged_steps(workdir) == [1, 2, 3]
     assert checkpoint_steps(workdir) == [2, 3]
     assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
+    assert "3/3" in first.stderr and "reward=" in first.stderr  # the tqdm progress bar
+    assert "is illegal" not in first.stderr  # TensorBoard gets legal tag names, no warnings
+    summary = subprocess.run([sys.executable, str(ROOT / "experiments" / "run_summary.py"),
+                              workdir], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert summary.returncode == 0 and "train/reward_mean" in summary.stdout, summary.stderr
     assert os.path.getsize(os.path.join(workdir, "curves.png")) > 0
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         record = json.loads(f.readline())

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import time
 
 import jax
 
@@ -80,7 +81,7 @@ def main() -> None:
         ckpt.save(1, state, {"data_position": 16}, force=True)
     other_mesh = sh.make_mesh({"fsdp": -1})
     other = sh.train_state_shardings(abstract, toy_train.PARAM_LOGICAL_AXES, other_mesh, RULES)
-    restored = ckpt_lib.Checkpointer(directory, create=False).restore(abstract, other)
+    restored = ckpt_lib.Checkpointer(directory).restore(abstract, other)
     results["restored_host_state"] = restored.host_state
     results["restored_equal"] = all(
         np.array_equal(a, b)
@@ -91,13 +92,20 @@ def main() -> None:
     )
     results["restored_spec"] = str(restored.state["params"]["mlp"]["up"].sharding.spec)
 
-    # A signal on one process stops every process at the same step.
-    with ckpt_lib.PreemptionGuard() as guard:
-        results["stop_before"] = guard.should_stop()
-        if jax.process_index() == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-        results["requested_locally"] = guard.requested
-        results["stop_after"] = guard.should_stop()
+    # Ctrl-C on one process (passed to JAX's preemption service as SIGTERM) stops every
+    # process at the same step, which they save together.
+    with ckpt_lib.Checkpointer(directory + "_preempted", async_save=False) as ckpt, \
+            ckpt_lib.PreemptionGuard(ckpt) as guard:
+        for step in range(1, 1000):
+            if jax.process_index() == 1 and step == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+            stop = guard.should_stop(step)
+            ckpt.save(step, state, {"data_position": step}, force=stop)
+            if stop:
+                results["stop_step"] = step
+                break
+            time.sleep(0.05)
+        results["saved_steps"] = ckpt.manager.all_steps()
 
     print(json.dumps(results), flush=True)
 

@@ -170,7 +170,7 @@ def restore_on_other_meshes(directory: str) -> dict[str, Any]:
         shardings = sh.train_state_shardings(
             abstract, toy_train.PARAM_LOGICAL_AXES, mesh, RULES
         )
-        restored = ckpt_lib.Checkpointer(directory, create=False).restore(abstract, shardings)
+        restored = ckpt_lib.Checkpointer(directory).restore(abstract, shardings)
         leaves = jax.tree.leaves(restored.state)
         results[name] = {
             "equal": same_values(restored.state, expected),
@@ -182,7 +182,7 @@ def restore_on_other_meshes(directory: str) -> dict[str, Any]:
     single = jax.tree.map(
         lambda x: jax.sharding.SingleDeviceSharding(jax.devices()[3]), abstract
     )
-    restored = ckpt_lib.Checkpointer(directory, create=False).restore(abstract, single)
+    restored = ckpt_lib.Checkpointer(directory).restore(abstract, single)
     results["single_device"] = {
         "equal": same_values(restored.state, expected),
         "devices": sorted(

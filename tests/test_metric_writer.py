@@ -1,8 +1,9 @@
-"""Tests for rlvr_jax.logging: JSONL files, resume truncation, TensorBoard, wandb, summaries."""
+"""Tests for rlvr_jax.metric_writer: JSONL files, resume truncation, TensorBoard, wandb."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import struct
@@ -15,13 +16,7 @@ import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
 
-from rlvr_jax.logging import (
-    ProgressBar,
-    RunLogger,
-    plot_curves,
-    read_metrics,
-    summary_table,
-)
+from rlvr_jax.metric_writer import MetricWriter, read_metrics
 
 CONFIG = {"model": {"name": "tiny", "layers": 2}, "lr": 1e-6, "estimator": "grpo"}
 
@@ -41,10 +36,10 @@ def _strict_json(line: str) -> dict:
 
 
 def _log_steps(workdir: str, steps: range, resume_step: int | None = None) -> None:
-    with RunLogger(workdir, CONFIG, is_main_process=True, resume_step=resume_step) as run_log:
+    with MetricWriter(workdir, CONFIG, is_main_process=True, resume_step=resume_step) as writer:
         for step in steps:
-            run_log.scalars(step, {"train/reward_mean": step / 10, "train/loss": -step})
-            run_log.texts(step, {"samples/completion_0": f"completion at step {step}"})
+            writer.scalars(step, {"train/reward_mean": step / 10, "train/loss": -step})
+            writer.texts(step, {"samples/completion_0": f"completion at step {step}"})
 
 
 # ----------------------------------------------------------------------------- JSONL
@@ -53,8 +48,8 @@ def _log_steps(workdir: str, steps: range, resume_step: int | None = None) -> No
 def test_scalars_jsonl_has_one_strict_line_per_call_with_plain_floats(tmp_path):
     workdir = str(tmp_path / "run")
     before = time.time()
-    with RunLogger(workdir, CONFIG, tensorboard=False, is_main_process=True) as run_log:
-        run_log.scalars(
+    with MetricWriter(workdir, CONFIG, tensorboard=False, is_main_process=True) as writer:
+        writer.scalars(
             1,
             {
                 "python_int": 3,
@@ -64,7 +59,7 @@ def test_scalars_jsonl_has_one_strict_line_per_call_with_plain_floats(tmp_path):
                 "flag": np.bool_(True),
             },
         )
-        run_log.scalars(np.int64(2), {"eval/pass@1": 0.5})
+        writer.scalars(np.int64(2), {"eval/pass@1": 0.5})
     after = time.time()
 
     lines = _raw_lines(os.path.join(workdir, "metrics.jsonl"))
@@ -85,8 +80,8 @@ def test_scalars_jsonl_has_one_strict_line_per_call_with_plain_floats(tmp_path):
 
 def test_non_finite_values_are_strings_on_disk_and_floats_after_read_metrics(tmp_path):
     workdir = str(tmp_path)
-    with RunLogger(workdir, CONFIG, tensorboard=False, is_main_process=True) as run_log:
-        run_log.scalars(0, {"a": float("nan"), "b": np.float32(np.inf), "c": -math.inf, "d": 1})
+    with MetricWriter(workdir, CONFIG, tensorboard=False, is_main_process=True) as writer:
+        writer.scalars(0, {"a": float("nan"), "b": np.float32(np.inf), "c": -math.inf, "d": 1})
     (line,) = _raw_lines(os.path.join(workdir, "metrics.jsonl"))[:-1]
     on_disk = _strict_json(line)
     assert (on_disk["a"], on_disk["b"], on_disk["c"], on_disk["d"]) == (
@@ -103,8 +98,8 @@ def test_non_finite_values_are_strings_on_disk_and_floats_after_read_metrics(tmp
 def test_texts_go_to_samples_jsonl_verbatim(tmp_path):
     workdir = str(tmp_path)
     text = 'Q: 2+3?\nA: <think>easy</think> \\boxed{5} "quoted" é'
-    with RunLogger(workdir, CONFIG, tensorboard=False, is_main_process=True) as run_log:
-        run_log.texts(7, {"samples/completion_0": text, "samples/completion_1": ""})
+    with MetricWriter(workdir, CONFIG, tensorboard=False, is_main_process=True) as writer:
+        writer.texts(7, {"samples/completion_0": text, "samples/completion_1": ""})
     (record,) = read_metrics(os.path.join(workdir, "samples.jsonl"))
     assert record["step"] == 7
     assert record["samples/completion_0"] == text and record["samples/completion_1"] == ""
@@ -116,7 +111,7 @@ def test_config_is_written_once_as_json(tmp_path):
 
     workdir = str(tmp_path)
     config = ConfigDict({"lr": 3e-6, "model": {"layers": np.int32(4)}, "shape": (2, 3)})
-    RunLogger(workdir, config, tensorboard=False, is_main_process=True).close()
+    MetricWriter(workdir, config.to_dict(), tensorboard=False, is_main_process=True).close()
     with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
         written = json.load(f)
     assert written == {"lr": 3e-6, "model": {"layers": 4}, "shape": [2, 3]}
@@ -131,26 +126,26 @@ def test_config_is_written_once_as_json(tmp_path):
         (1, {"step": 1.0}, ValueError, "reserved"),
         (1, {"": 1.0}, TypeError, "non-empty"),
         (-1, {"a": 1.0}, ValueError, "step must be >= 0"),
-        (1.5, {"a": 1.0}, TypeError, "step must be an integer"),
+        (1.5, {"a": 1.0}, TypeError, "'float' object cannot be interpreted as an integer"),
     ],
 )
 def test_bad_scalars_raise_clear_errors(tmp_path, step, values, error, match):
     with (
-        RunLogger(str(tmp_path), CONFIG, tensorboard=False, is_main_process=True) as run_log,
+        MetricWriter(str(tmp_path), CONFIG, tensorboard=False, is_main_process=True) as writer,
         pytest.raises(error, match=match),
     ):
-        run_log.scalars(step, values)
+        writer.scalars(step, values)
     assert _raw_lines(str(tmp_path / "metrics.jsonl")) == [""]
 
 
 def test_bad_texts_and_writes_after_close_raise(tmp_path):
-    run_log = RunLogger(str(tmp_path), CONFIG, tensorboard=False, is_main_process=True)
+    writer = MetricWriter(str(tmp_path), CONFIG, tensorboard=False, is_main_process=True)
     with pytest.raises(TypeError, match="text 'sample' must be a str"):
-        run_log.texts(1, {"sample": 3})
-    run_log.close()
-    run_log.close()  # idempotent
-    with pytest.raises(RuntimeError, match="closed"):
-        run_log.scalars(1, {"a": 1.0})
+        writer.texts(1, {"sample": 3})
+    writer.close()
+    writer.close()  # idempotent
+    with pytest.raises(ValueError, match="closed file"):
+        writer.scalars(1, {"a": 1.0})
 
 
 # ----------------------------------------------------------------------------- resume
@@ -187,7 +182,7 @@ def test_resume_with_nothing_to_drop_keeps_the_file_byte_for_byte(tmp_path):
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     with open(metrics_path, "rb") as f:
         before = f.read()
-    RunLogger(workdir, CONFIG, tensorboard=False, is_main_process=True, resume_step=3).close()
+    MetricWriter(workdir, CONFIG, tensorboard=False, is_main_process=True, resume_step=3).close()
     with open(metrics_path, "rb") as f:
         assert f.read() == before
 
@@ -207,7 +202,7 @@ def test_corrupt_middle_line_is_an_error_naming_the_line(tmp_path):
     with pytest.raises(ValueError, match=r"metrics.jsonl:2: malformed JSON line"):
         read_metrics(path)
     with pytest.raises(ValueError, match=r"metrics.jsonl:2"):
-        RunLogger(workdir, CONFIG, tensorboard=False, is_main_process=True, resume_step=3)
+        MetricWriter(workdir, CONFIG, tensorboard=False, is_main_process=True, resume_step=3)
 
 
 def test_read_metrics_skips_a_partial_last_line(tmp_path):
@@ -262,10 +257,10 @@ def _tensorboard_events(workdir: str) -> list[list[event_pb2.Event]]:
 
 def test_tensorboard_event_files_hold_the_scalars_and_texts(tmp_path):
     workdir = str(tmp_path)
-    with RunLogger(workdir, CONFIG, tensorboard=True, is_main_process=True) as run_log:
-        run_log.scalars(1, {"train/reward_mean": 0.25, "eval/pass@1": np.float32(0.5)})
-        run_log.scalars(2, {"train/reward_mean": 0.75})
-        run_log.texts(2, {"samples/completion_0": "line one\nline two"})
+    with MetricWriter(workdir, CONFIG, tensorboard=True, is_main_process=True) as writer:
+        writer.scalars(1, {"train/reward_mean": 0.25, "eval/pass@1": np.float32(0.5)})
+        writer.scalars(2, {"train/reward_mean": 0.75})
+        writer.texts(2, {"samples/completion_0": "line one\nline two"})
     (events,) = _tensorboard_events(workdir)
     assert events[0].file_version.startswith("brain.Event")
     scalars = [
@@ -274,7 +269,7 @@ def test_tensorboard_event_files_hold_the_scalars_and_texts(tmp_path):
         for value in event.summary.value
         if value.HasField("simple_value")
     ]
-    # TensorBoard tags allow [-/\w.] only: tensorboardX writes "eval/pass@1" as "eval/pass_1".
+    # TensorBoard tags allow [-/\w.] only: "eval/pass@1" is written as "eval/pass_1".
     assert sorted(scalars) == [
         (1, "eval/pass_1", 0.5),
         (1, "train/reward_mean", 0.25),
@@ -305,16 +300,31 @@ def test_tensorboard_resume_purges_steps_after_the_checkpoint(tmp_path):
     assert resumed_steps == [4, 5]
 
 
+def test_tensorboard_writes_stay_quiet_for_metric_names_with_illegal_characters(
+    tmp_path, caplog, capfd
+):
+    # tensorboardX logs "Summary name train/pass@1 is illegal" at INFO on every write, which
+    # absl's handler prints once per metric and step; the writer passes legal tags instead.
+    with caplog.at_level(logging.DEBUG), MetricWriter(
+        str(tmp_path), CONFIG, is_main_process=True
+    ) as writer:
+        for step in (1, 2):
+            writer.scalars(step, {"train/pass@1": 0.5, "eval/pass@4": 1.0})
+            writer.texts(step, {"samples/q&a": "text"})
+    assert not [r.getMessage() for r in caplog.records if "illegal" in r.getMessage()]
+    assert "illegal" not in capfd.readouterr().err
+
+
 # ----------------------------------------------------------------------------- processes, wandb
 
 
 def test_non_main_process_writes_nothing(tmp_path):
     workdir = str(tmp_path / "run")
-    with RunLogger(workdir, CONFIG, tensorboard=True, is_main_process=False) as run_log:
-        run_log.scalars(1, {"train/reward_mean": 0.5})
-        run_log.texts(1, {"samples/completion_0": "x"})
+    with MetricWriter(workdir, CONFIG, tensorboard=True, is_main_process=False) as writer:
+        writer.scalars(1, {"train/reward_mean": 0.5})
+        writer.texts(1, {"samples/completion_0": "x"})
         with pytest.raises(TypeError):  # inputs are still checked on every process
-            run_log.scalars(1, {"bad": "x"})
+            writer.scalars(1, {"bad": "x"})
     assert not os.path.exists(workdir)
 
 
@@ -322,7 +332,7 @@ def test_wandb_enabled_without_the_package_is_a_clear_error(tmp_path, monkeypatc
     monkeypatch.setitem(sys.modules, "wandb", None)  # makes `import wandb` raise ImportError
     workdir = str(tmp_path / "run")
     with pytest.raises(ImportError, match=r"wandb=True.*pip install 'rlvr_jax\[wandb\]'"):
-        RunLogger(workdir, CONFIG, wandb=True, is_main_process=True)
+        MetricWriter(workdir, CONFIG, wandb=True, is_main_process=True)
     assert not os.path.exists(workdir)
 
 
@@ -356,12 +366,12 @@ def test_wandb_gets_config_scalars_texts_and_the_same_run_id_on_resume(tmp_path,
     monkeypatch.setitem(sys.modules, "wandb", fake)
     workdir = str(tmp_path)
     for resume_step in (None, 1):
-        with RunLogger(
+        with MetricWriter(
             workdir, CONFIG, tensorboard=False, wandb=True, wandb_project="proj",
             is_main_process=True, resume_step=resume_step,
-        ) as run_log:  # fmt: skip
-            run_log.scalars(2, {"train/loss": np.float32(0.5)})
-            run_log.texts(2, {"samples/completion_0": "a<b"})
+        ) as writer:  # fmt: skip
+            writer.scalars(2, {"train/loss": np.float32(0.5)})
+            writer.texts(2, {"samples/completion_0": "a<b"})
     assert [init["id"] for init in fake.inits] == ["id0", "id0"]
     assert fake.inits[0]["project"] == "proj" and fake.inits[0]["config"] == CONFIG
     assert fake.logged[:2] == [
@@ -369,88 +379,3 @@ def test_wandb_gets_config_scalars_texts_and_the_same_run_id_on_resume(tmp_path,
         ({"samples/completion_0": ("html", "<pre>a&lt;b</pre>")}, 2),
     ]
     assert fake.finished == 2
-
-
-# ----------------------------------------------------------------------------- progress bar
-
-
-def test_progress_bar_moves_to_the_given_step_and_shows_metrics(capsys):
-    bar = ProgressBar(10, initial_step=3)
-    assert bar.position == 3
-    bar.update(5, {"reward": np.float32(0.41), "pass@1": 0.3, "tok/s": 1234.5678})
-    assert bar.position == 5
-    bar.update(6)
-    assert bar.position == 6
-    bar.close()
-    err = capsys.readouterr().err
-    assert "6/10" in err
-    assert "reward=0.41" in err and "pass@1=0.3" in err and "tok/s=1235" in err
-    with pytest.raises(ValueError, match="initial_step 11 exceeds total_steps 10"):
-        ProgressBar(10, initial_step=11)
-
-
-def test_disabled_progress_bar_prints_nothing(capsys):
-    with ProgressBar(4, enabled=False) as bar:
-        bar.update(4, {"reward": 1.0})
-    assert capsys.readouterr().err == ""
-
-
-# ----------------------------------------------------------------------------- summary, plot
-
-
-HISTORY = [
-    {"step": 1, "time": 0.0, "train/reward_mean": 0.1, "train/loss": 0.9, "train/grad_norm": 3},
-    {"step": 2, "time": 0.0, "train/reward_mean": 0.5, "train/loss": 0.4, "eval/pass@1": 0.2},
-    {"step": 3, "time": 0.0, "train/reward_mean": math.nan, "train/loss": 0.6},
-    {"step": 4, "time": 0.0, "train/reward_mean": 0.3, "train/loss": 0.5, "eval/pass@1": 0.6},
-    {"step": 5, "time": 0.0, "train/reward_mean": 0.4, "train/loss": "NaN"},
-]
-
-
-def _table_rows(table: str) -> dict[str, list[str]]:
-    lines = table.split("\n")
-    assert lines[0].split() == [
-        "metric", "n", "first", "@step", "last", "@step", "best", "@step", "goal",
-    ]  # fmt: skip
-    assert set(lines[1]) == {"-"}
-    return {line.split()[0]: line.split()[1:] for line in lines[2:]}
-
-
-def test_summary_table_reports_first_last_and_best_of_the_main_metrics():
-    rows = _table_rows(summary_table(HISTORY))
-    assert list(rows) == ["train/reward_mean", "train/loss", "eval/pass@1"]  # grad_norm: not main
-    assert rows["train/reward_mean"] == ["5", "0.1", "1", "0.4", "5", "0.5", "2", "max"]
-    assert rows["train/loss"] == ["5", "0.9", "1", "nan", "5", "0.4", "2", "min"]
-    assert rows["eval/pass@1"] == ["2", "0.2", "2", "0.6", "4", "0.6", "4", "max"]
-
-
-def test_summary_table_with_explicit_keys_and_bad_input():
-    rows = _table_rows(summary_table(HISTORY, keys=["train/grad_norm"]))
-    assert rows == {"train/grad_norm": ["1", "3", "1", "3", "1", "3", "1", "max"]}
-    with pytest.raises(ValueError, match=r"no values for \['eval/pass@8'\]; available"):
-        summary_table(HISTORY, keys=["eval/pass@8"])
-    with pytest.raises(ValueError, match="empty"):
-        summary_table([])
-
-
-def test_plot_curves_writes_a_png_with_one_panel_per_key(tmp_path):
-    from matplotlib import image
-
-    workdir = str(tmp_path)
-    with RunLogger(workdir, CONFIG, tensorboard=False, is_main_process=True) as run_log:
-        for step in range(1, 11):
-            run_log.scalars(step, {"train/reward_mean": step / 10})
-            if step % 5 == 0:
-                run_log.scalars(step, {"eval/pass@1": step / 20})
-    out = plot_curves(
-        os.path.join(workdir, "metrics.jsonl"),
-        os.path.join(workdir, "plots", "curves.png"),
-        keys=("train/reward_mean", "eval/pass@1", "eval/pass@4"),  # the last one has no data
-    )
-    with open(out, "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    pixels = image.imread(out)
-    assert pixels.shape[:2] == (int(2.6 * 3 * 100), 700)
-    assert np.ptp(pixels[..., :3]) > 0.5  # something was drawn
-    with pytest.raises(ValueError, match=r"no values for.*available: \['train/reward_mean'"):
-        plot_curves(os.path.join(workdir, "metrics.jsonl"), out, keys=("train/kl",))
