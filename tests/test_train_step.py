@@ -115,14 +115,14 @@ def test_training_raises_logprob_of_positively_rewarded_completions():
     config = {"batching.mini_batches": 2, "batching.epochs": 2, "loss.clip_high": 0.5}
     state, step, (mesh, rules, _, shardings) = setup(
         config, {"name": "adamw", "learning_rate": 3e-3})
-    scorer = logprobs.make_logprob_fn(CONFIG, mesh, rules, shardings.params, chunk_size=256)
+    logprob_fn = logprobs.make_logprob_fn(CONFIG, mesh, rules, shardings.params, chunk_size=256)
 
     def response_logp(params):
-        scores = scorer(params, batch["tokens"], batch["attention_mask"])
+        scores = logprob_fn(params, batch["tokens"], batch["attention_mask"])
         return float(np.sum(np.asarray(scores.logprobs)[:, P:] * batch["response_mask"]))
 
     before = response_logp(state.params)
-    batch["old_logp"] = np.asarray(scorer(state.params, batch["tokens"],
+    batch["old_logp"] = np.asarray(logprob_fn(state.params, batch["tokens"],
                                           batch["attention_mask"]).logprobs)[:, P:]
     for _ in range(4):
         state, _ = step(state, batch)
