@@ -1,4 +1,4 @@
-"""ProGRPO (ARM) on Qwen2.5-7B with DAPO-Math-17k, evaluated on AIME; GRPO and DAPO baselines.
+"""ProGRPO (ARM) on Qwen2.5-7B with DAPO-Math-17k, evaluated on AIME, against DAPO.
 
     python -m rlvr_jax.train --config=configs/progrpo_qwen25_7b_dapo.py:progrpo \\
         --config.model.name=/path/to/Qwen2.5-7B \\
@@ -10,11 +10,15 @@ and optimizer settings are DAPO's published ones (Yu et al., 2025: 512 prompts x
 16 updates per rollout, lr 1e-6, clip 0.2/0.28, token-mean loss, 20k-token responses with a
 4k overlong buffer). ProGRPO's own hyper-parameters are not published beyond these: ARM's
 ``alpha`` is the spec default 1.0, meant to be swept (``configs/sweeps/progrpo_alpha.py``).
+
+Both variants run DAPO's whole recipe (token-mean loss, clip-higher, dynamic sampling, overlong
+penalty) and differ only in the advantage: ``progrpo`` adds ARM, ``grpo`` is DAPO itself. So a
+difference between them is ARM's.
 """
 
 from rlvr_jax.recipes import apply_variant, math_rl_config
 
-VARIANTS = ("progrpo", "grpo", "dapo")
+VARIANTS = ("progrpo", "grpo")
 
 
 def get_config(variant: str = "progrpo"):
@@ -33,8 +37,7 @@ def get_config(variant: str = "progrpo"):
     config.rollout.length_bucket = 1024
     config.batching.mini_batches = 16
     config.batching.micro_batches = 64
-    apply_variant(config, variant)
-    if variant in ("progrpo", "dapo"):  # same DAPO rollouts, so the comparison isolates ARM
-        config.rollout.dynamic_sampling = True
-        config.rollout.overlong_buffer = 4096
-    return config
+    config.loss.clip_high = 0.28
+    config.rollout.dynamic_sampling = True
+    config.rollout.overlong_buffer = 4096
+    return apply_variant(config, variant)

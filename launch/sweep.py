@@ -131,16 +131,15 @@ def _reason(error: Exception) -> str:
     return f"{head} {hint}" if hint.startswith("Did you mean") else head
 
 
-def check_runs(runs: Sequence[TrainCommand]) -> None:
-    """Applies every run's overrides to its recipe's ConfigDict and validates the result.
+def resolve_runs(runs: Sequence[TrainCommand]) -> list[Any]:
+    """Every run's recipe ConfigDict with the run's overrides applied (locked, so an override
+    can only change an existing key, as ``config_flags`` does).
 
     Raises LaunchError naming the run and the override that does not apply.
     """
-    from rlvr_jax import config as config_lib  # here: launching one run needs no JAX
-
     recipes: dict[str, Any] = {}
+    configs = []
     for run in runs:
-        where = f"run {run.name} ({run.config})"
         if run.config not in recipes:
             recipes[run.config] = load_config(run.config)
         config = recipes[run.config].copy_and_resolve_references()
@@ -149,11 +148,22 @@ def check_runs(runs: Sequence[TrainCommand]) -> None:
             try:
                 config.update_from_flattened_dict({key: value})
             except (KeyError, TypeError, ValueError) as error:
-                raise LaunchError(f"{where}: override {key}={value!r}: {_reason(error)}") from None
+                raise LaunchError(f"run {run.name} ({run.config}): override {key}={value!r}: "
+                                  f"{_reason(error)}") from None
+        configs.append(config)
+    return configs
+
+
+def check_runs(runs: Sequence[TrainCommand]) -> None:
+    """Resolves every run (:func:`resolve_runs`) and validates the result; raises LaunchError
+    naming the run."""
+    from rlvr_jax import config as config_lib  # here: launching one run needs no JAX
+
+    for run, config in zip(runs, resolve_runs(runs), strict=True):
         try:
             config_lib.validate(config)
         except (KeyError, TypeError, ValueError) as error:
-            raise LaunchError(f"{where}: {error}") from None
+            raise LaunchError(f"run {run.name} ({run.config}): {error}") from None
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:

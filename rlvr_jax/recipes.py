@@ -1,23 +1,37 @@
-"""Named algorithm recipes: the estimator plus the loss and rollout settings it comes with.
+"""Two kinds of named variants: controlled estimator variants, and papers' full recipes.
 
-A recipe config calls ``apply_variant(config, name)`` to turn a base setup into one algorithm.
-Every choice is an ordinary config key, so a command line can still override it; the
-estimator's options are filled in from its signature's defaults (:func:`estimator_options`)
-so sweeps can override them, e.g. ``--config.advantage.options.alpha=0.5``.
+A recipe config calls ``apply_variant(config, name)`` to turn its base setup into one run.
 
-=============== ======================= ============================================================
-variant         estimator               loss / rollout settings
-=============== ======================= ============================================================
-grpo            grpo                    seq_mean_token_mean (the GRPO paper's normalisation)
-dr_grpo         dr_grpo                 seq_sum_over_max_len (constant normaliser)
-dapo            grpo                    token_mean, clip_high 0.28, dynamic sampling, overlong
-                                        penalty with a buffer of a quarter of max_new_tokens
-rloo            rloo                    token_mean
-reinforce_pp    reinforce_pp_baseline   token_mean
-progrpo         progrpo (ARM, alpha 1)  token_mean, clip_high 0.28
-asym_grpo       asym_grpo               token_mean
-lens            lens                    token_mean
-=============== ======================= ============================================================
+**Controlled variants** (:data:`CONTROLLED`, named by the method) change ``advantage.*`` and
+nothing else: the estimator and its options (the defaults of its signature,
+:func:`estimator_options`). Every other setting (loss aggregation ``token_mean``, clip 0.2 /
+0.2, sampling, data, optimizer) is the recipe's own, shared by all of them, so a difference
+between two controlled runs of one recipe is the estimator's. Comparison sweeps use these.
+
+**Paper recipes** (:data:`PAPER_RECIPES`, names ending in ``_recipe``) reproduce a paper's whole
+algorithm: its estimator *and* its loss aggregation, clip range or sampling filter. A
+difference between ``dapo_recipe`` and ``grpo`` is DAPO's, not an estimator's.
+
+================== ======================= ===============================================
+variant            estimator               other settings
+================== ======================= ===============================================
+grpo               grpo                    the recipe's
+dr_grpo            dr_grpo                 the recipe's
+rloo               rloo                    the recipe's
+reinforce_pp       reinforce_pp_baseline   the recipe's
+progrpo            progrpo (ARM, alpha 1)  the recipe's
+asym_grpo          asym_grpo               the recipe's
+lens               lens                    the recipe's
+grpo_recipe        grpo                    seq_mean_token_mean (the GRPO paper's normalisation)
+dr_grpo_recipe     dr_grpo                 seq_sum_over_max_len (Dr. GRPO's constant normaliser)
+dapo_recipe        grpo                    token_mean, clip_high 0.28, dynamic sampling,
+                                           overlong penalty over the last quarter of
+                                           max_new_tokens
+progrpo_recipe     progrpo                 dapo_recipe's settings (ProGRPO builds on DAPO)
+================== ======================= ===============================================
+
+Every choice is an ordinary config key, so a command line can still override it, e.g.
+``--config.advantage.options.alpha=0.5``.
 """
 
 from __future__ import annotations
@@ -27,20 +41,32 @@ from typing import Any
 from rlvr_jax import advantages
 from rlvr_jax.config import base_config, keyword_defaults
 
-VARIANTS: dict[str, dict[str, Any]] = {
-    "grpo": {"advantage.estimator": "grpo", "loss.aggregation": "seq_mean_token_mean"},
-    "dr_grpo": {"advantage.estimator": "dr_grpo", "loss.aggregation": "seq_sum_over_max_len"},
-    "dapo": {"advantage.estimator": "grpo", "loss.aggregation": "token_mean",
-             "loss.clip_high": 0.28, "rollout.dynamic_sampling": True,
-             "rollout.overlong_buffer": "quarter"},
-    "rloo": {"advantage.estimator": "rloo", "loss.aggregation": "token_mean"},
-    "reinforce_pp": {"advantage.estimator": "reinforce_pp_baseline",
-                     "loss.aggregation": "token_mean"},
-    "progrpo": {"advantage.estimator": "progrpo", "loss.aggregation": "token_mean",
-                "loss.clip_high": 0.28},
-    "asym_grpo": {"advantage.estimator": "asym_grpo", "loss.aggregation": "token_mean"},
-    "lens": {"advantage.estimator": "lens", "loss.aggregation": "token_mean"},
+CONTROLLED: dict[str, str] = {
+    "grpo": "grpo",
+    "dr_grpo": "dr_grpo",
+    "rloo": "rloo",
+    "reinforce_pp": "reinforce_pp_baseline",
+    "progrpo": "progrpo",
+    "asym_grpo": "asym_grpo",
+    "lens": "lens",
 }
+"""Controlled variant name -> the estimator it sets (and nothing else)."""
+
+DAPO_SETTINGS: dict[str, Any] = {
+    "loss.aggregation": "token_mean", "loss.clip_high": 0.28, "rollout.dynamic_sampling": True,
+    "rollout.overlong_buffer": "quarter",
+}
+PAPER_RECIPES: dict[str, dict[str, Any]] = {
+    "grpo_recipe": {"advantage.estimator": "grpo", "loss.aggregation": "seq_mean_token_mean"},
+    "dr_grpo_recipe": {"advantage.estimator": "dr_grpo",
+                       "loss.aggregation": "seq_sum_over_max_len"},
+    "dapo_recipe": {"advantage.estimator": "grpo", **DAPO_SETTINGS},
+    "progrpo_recipe": {"advantage.estimator": "progrpo", **DAPO_SETTINGS},
+}
+"""Paper recipe name -> every setting it changes (``"quarter"``: a quarter of
+``rollout.max_new_tokens``)."""
+
+VARIANTS: tuple[str, ...] = (*CONTROLLED, *PAPER_RECIPES)
 
 
 def estimator_options(estimator: str) -> dict[str, Any]:
@@ -52,9 +78,16 @@ def estimator_options(estimator: str) -> dict[str, Any]:
 def apply_variant(config: Any, variant: str | None) -> Any:
     """Applies the settings of ``variant`` (default ``grpo``) to ``config`` in place."""
     variant = variant or "grpo"
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; known variants: {', '.join(VARIANTS)}")
-    for path, value in VARIANTS[variant].items():
+    if variant in CONTROLLED:
+        settings = {"advantage.estimator": CONTROLLED[variant]}
+    elif variant in PAPER_RECIPES:
+        settings = PAPER_RECIPES[variant]
+    else:
+        raise ValueError(
+            f"unknown variant {variant!r}; controlled variants (only the estimator changes): "
+            f"{', '.join(CONTROLLED)}; paper recipes: {', '.join(PAPER_RECIPES)}"
+        )
+    for path, value in settings.items():
         if value == "quarter":
             value = max(1, config.rollout.max_new_tokens // 4)
         section, key = path.split(".")

@@ -214,7 +214,7 @@ def test_validate_names_bad_values():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["dapo", "lens", "asym_grpo", "reinforce_pp"])
+@pytest.mark.parametrize("variant", ["dapo_recipe", "lens", "asym_grpo", "reinforce_pp"])
 def test_other_variants_run_end_to_end(tmp_path, model_dir, variant):
     toy.register()
     config = toy.toy_config(model_dir)
@@ -227,7 +227,7 @@ def test_other_variants_run_end_to_end(tmp_path, model_dir, variant):
     assert [row["step"] for row in rows] == [1, 2, 3]
     for row in rows:
         assert all(np.isfinite(v) for k, v in row.items() if k.startswith(("train/", "update/")))
-        if variant == "dapo":  # dynamic sampling: rounds bounded, kept groups counted
+        if variant == "dapo_recipe":  # dynamic sampling: rounds bounded, kept groups counted
             assert 1 <= row["train/sampling_rounds"] <= 2
             assert 0 <= row["train/mixed_groups_kept"] <= config.rollout.prompts_per_step
             assert row["train/shaped_reward_mean"] <= row["train/reward_mean"]
