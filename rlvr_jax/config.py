@@ -188,6 +188,32 @@ def _positive(config: ml_collections.ConfigDict, *paths: str) -> None:
             raise ValueError(f"{path} must be >= 1, got {config[section][key]}")
 
 
+def _check_training_sampling(strategy: sampling.SamplingStrategy) -> None:
+    """Refuses a ``rollout.sampling`` whose distribution the trainer does not score.
+
+    The trainer, the old and the reference log-probs are ``log_softmax(z / T)`` at
+    ``T = rollout.sampling.temperature`` (``logprobs``), the distribution of an untruncated
+    sampler; evaluation (``eval.sampling``) may use any strategy.
+    """
+    if strategy.is_greedy:
+        raise ValueError(
+            "rollout.sampling.temperature=0 is greedy decoding: its samples have no "
+            "distribution to take a policy gradient or an importance ratio of. Use a "
+            "temperature > 0 for training rollouts (eval.sampling may be greedy)."
+        )
+    for key, value, off in (("top_k", strategy.top_k, strategy.top_k <= 0),
+                            ("top_p", strategy.top_p, strategy.top_p == 1.0),
+                            ("min_p", strategy.min_p, strategy.min_p == 0.0)):
+        if not off:
+            raise ValueError(
+                f"rollout.sampling.{key}={value} truncates the sampling distribution, but the "
+                "trainer's log-probs (current, old, reference) are of the untruncated policy "
+                "at the sampling temperature, so the importance ratio and the policy gradient "
+                "would be of a distribution the samples did not come from. Training rollouts "
+                "take top_k=0, top_p=1.0, min_p=0.0 (eval.sampling may truncate)."
+            )
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks the values that can be checked without loading anything.
 
@@ -199,7 +225,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                   "together with its options")
     losses.check_settings(**config.loss)
     optimizer.make_optimizer(**config.optim)
-    sampling.SamplingStrategy(**config.rollout.sampling)
+    _check_training_sampling(sampling.SamplingStrategy(**config.rollout.sampling))
     sampling.SamplingStrategy(**config.eval.sampling)
     _positive(config, "rollout.group_size", "rollout.prompts_per_step", "batching.epochs",
               "batching.mini_batches", "batching.micro_batches", "batching.logprob_chunk_size")

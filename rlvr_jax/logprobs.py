@@ -1,12 +1,16 @@
 """Token log-probabilities and full-vocabulary entropies, chunked over the sequence.
 
-For hidden states ``h[b, t]`` and the unembedding ``W`` ``[D, V]`` the policy at position t is
-``π_t = softmax(z_t)`` with logits ``z_t = h[b, t] W / τ`` (``τ = 1`` is the policy the sampler
-reports as ``policy_logprob``). For a target token ``y_t`` this module returns
+For hidden states ``h[b, t]`` and the unembedding ``W`` ``[D, V]`` the logits at position t are
+``z_t = h[b, t] W`` and the policy at temperature ``T`` is ``π_t = softmax(z_t / T)``. For a
+target token ``y_t`` this module returns
 
-    log π_t(y_t) = z_t[y_t] - logsumexp(z_t),        H_t = logsumexp(z_t) - Σ_v π_t[v] z_t[v],
+    log π_t(y_t) = z_t[y_t] / T - logsumexp(z_t / T),
+    H_t = logsumexp(z_t / T) - Σ_v π_t[v] z_t[v] / T,
 
-the entropy of the whole next-token distribution (not the sampled-token NLL). The logits are
+the entropy of the whole next-token distribution (not the sampled-token NLL). RL scores at the
+sampling temperature (``rollout.sampling.temperature``): that tempered, untruncated policy is
+the distribution the rollout's tokens were drawn from, so the importance ratio and the policy
+gradient are those of the sampling distribution (as in verl and TRL). The logits are
 computed ``chunk_size`` positions at a time inside ``lax.map``, and a custom VJP does the same
 in the backward pass: it recomputes one chunk's logits from its hidden states, forms the
 logit gradient in closed form, and accumulates the gradient of ``W`` over chunks in a
@@ -166,13 +170,15 @@ def token_logprobs(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     temperature: float = 1.0,
 ) -> TokenLogprobs:
-    """Scores every token of ``tokens`` ``[B, T]`` under the model, prompt and response alike.
+    """Scores every token of ``tokens`` ``[B, T]`` under the model at ``temperature``, prompt
+    and response alike.
 
     For an RL batch ``tokens = concat([prompt [B, P] left-padded, response [B, L]], 1)`` with
     ``attention_mask`` 1 on real tokens: ``.split(P)`` gives the prompt-token log-probs
     (ProGRPO's prompt confidence) and the response-token log-probs and entropies. Positions
-    follow the models' convention (count of real tokens before), so the scores equal those of
-    the KV-cache sampler for the same tokens. The ``[B, T, V]`` logits are never materialised.
+    follow the models' convention (count of real tokens before), so at the sampling temperature
+    the scores equal the KV-cache sampler's ``sampling_logprobs`` and ``sampling_entropy`` of
+    an untruncated strategy. The ``[B, T, V]`` logits are never materialised.
     """
     if tokens.ndim != 2:
         raise ValueError(f"tokens must be [B, T], got shape {tokens.shape}")
@@ -199,27 +205,32 @@ def make_logprob_fn(
     params_shardings: Any,
     *,
     chunk_size: int,
-) -> Callable[[Any, jax.Array, jax.Array], TokenLogprobs]:
-    """:func:`token_logprobs` jitted on a mesh: ``(params, tokens [N, T], attention_mask [N, T])
-    -> TokenLogprobs [N, T]``, rows sharded over the batch mesh axes. Host (NumPy) inputs must
-    be whole on every process; each contributes its rows (``sharding.place_batch``).
+) -> Callable[..., TokenLogprobs]:
+    """:func:`token_logprobs` jitted on a mesh: ``(params, tokens [N, T], attention_mask [N, T],
+    *, temperature) -> TokenLogprobs [N, T]``, rows sharded over the batch mesh axes. Host
+    (NumPy) inputs must be whole on every process; each contributes its rows
+    (``sharding.place_batch``). ``temperature`` is static (one compilation per value).
 
-    The rollout computes with it the current policy's log-probs (the old policy of the
-    update), the frozen reference policy's (for the KL term) and the prompt log-probs ProGRPO's
-    prompt confidence needs: the same code path as the train step's log-probs.
+    The rollout computes with it, at the sampling temperature, the current policy's log-probs
+    (the old policy of the update), the frozen reference policy's (for the KL term) and the
+    prompt log-probs ProGRPO's prompt confidence needs: the same code path and the same
+    distribution as the train step's log-probs.
     """
     rows = sharding.batch_sharding(mesh, rules)
 
-    def compute(params, tokens, attention_mask):
-        return token_logprobs(config, params, tokens, attention_mask, chunk_size=chunk_size)
+    def compute(params, tokens, attention_mask, temperature):
+        return token_logprobs(config, params, tokens, attention_mask, chunk_size=chunk_size,
+                              temperature=temperature)
 
-    jitted = jax.jit(compute, in_shardings=(params_shardings, rows, rows), out_shardings=rows)
+    jitted = jax.jit(compute, in_shardings=(params_shardings, rows, rows), out_shardings=rows,
+                     static_argnums=3)
 
-    def run(params: Any, tokens: jax.Array, attention_mask: jax.Array) -> TokenLogprobs:
+    def run(params: Any, tokens: jax.Array, attention_mask: jax.Array, *,
+            temperature: float) -> TokenLogprobs:
         if not isinstance(tokens, jax.Array):
             placed = sharding.place_batch({"t": tokens, "m": attention_mask}, mesh, rules)
             tokens, attention_mask = placed["t"], placed["m"]
         with sharding.activate(mesh, rules):
-            return jitted(params, tokens, attention_mask)
+            return jitted(params, tokens, attention_mask, float(temperature))
 
     return run

@@ -13,7 +13,8 @@ thing (:func:`collect` composes them):
    drawn (:class:`SamplingRounds` counts them).
 2. :func:`prompt_and_completion_tokens`: the ``[N, P + L]`` token arrays (``N = B * G``).
 3. Log-probs and full-vocabulary entropies of prompt and response tokens under the current
-   policy (and the frozen reference, for the KL term), fetched to every host.
+   policy (and the frozen reference, for the KL term) at the sampling temperature, the
+   distribution the completions were drawn from, fetched to every host.
 4. :func:`shaped_rewards` (DAPO's overlong penalty in tokens) and :func:`train_batch` (old
    log-probs and the configured advantage estimator), pure NumPy on the host.
 5. :func:`rollout_metrics`: every figure of the rollout, a pure function of the above.
@@ -88,8 +89,8 @@ def to_host(x: jax.Array) -> np.ndarray:
     return np.asarray(x)
 
 
-_ARRAY_FIELDS = ("completion_tokens", "completion_mask", "sampler_policy_logp", "sampling_logp",
-                 "sampling_entropy", "truncated_mass", "rewards")  # leading axis B
+_ARRAY_FIELDS = ("completion_tokens", "completion_mask", "sampling_logp", "sampling_entropy",
+                 "truncated_mass", "rewards")  # leading axis B
 _LIST_FIELDS = ("examples", "prompt_ids", "texts", "answers")  # B entries
 
 
@@ -101,8 +102,7 @@ class Groups:
     prompt_ids: list[list[int]]  # B token lists, unpadded
     completion_tokens: np.ndarray  # [B, G, L] int32
     completion_mask: np.ndarray  # [B, G, L] bool
-    sampler_policy_logp: np.ndarray  # [B, G, L] untruncated T = 1 log-probs from the sampler
-    sampling_logp: np.ndarray  # [B, G, L]
+    sampling_logp: np.ndarray  # [B, G, L] log-probs of the distribution sampled from
     sampling_entropy: np.ndarray  # [B, G, L]
     truncated_mass: np.ndarray  # [B, G, L]
     texts: list[list[str]]  # [B][G] decoded completions
@@ -192,8 +192,8 @@ class Sampler:
         return Groups(
             examples=examples, prompt_ids=prompt_ids,
             completion_tokens=host["tokens"], completion_mask=host["mask"],
-            sampler_policy_logp=host["policy_logprobs"], sampling_logp=host["sampling_logprobs"],
-            sampling_entropy=host["sampling_entropy"], truncated_mass=host["truncated_mass"],
+            sampling_logp=host["sampling_logprobs"], sampling_entropy=host["sampling_entropy"],
+            truncated_mass=host["truncated_mass"],
             texts=texts, rewards=np.asarray(report.rewards, np.float32).reshape(B, G),
             answers=[[self.task.extract_answer(t, example) for t in group]
                      for group, example in zip(texts, examples, strict=True)],
@@ -281,16 +281,18 @@ def train_batch(
 ) -> Batch:
     """The train batch of ``train_step``: ``tokens`` plus old log-probs and advantages.
 
-    ``policy`` holds the current policy's host log-probs ``[N, T]`` of ``tokens``; the old
-    log-probs are its response part, or the sampler's when ``rollout.old_logp_source ==
-    "sampler"``. Advantages come from ``config.advantage`` on ``rewards [B, G]``, with the
-    log-prob statistics the estimator needs (``[B, G, L]`` response, ``[B, P]`` prompt).
+    ``policy`` holds the current policy's host log-probs ``[N, T]`` of ``tokens`` at the
+    sampling temperature; the old log-probs are its response part, or the sampler's log-probs
+    of the same tempered distribution when ``rollout.old_logp_source == "sampler"``.
+    Advantages come from ``config.advantage`` on ``rewards [B, G]``, with the log-prob
+    statistics the estimator needs (``[B, G, L]`` response, ``[B, P]`` prompt), so ProGRPO's
+    confidences and LENS's ``π̄`` are of the tempered policy too.
     """
     B, G, L = groups.completion_tokens.shape
     N, T = tokens["tokens"].shape
     P = T - L
     old_logp = (policy.logprobs[:, P:] if config.rollout.old_logp_source == "trainer"
-                else groups.sampler_policy_logp.reshape(N, L))  # [N, L]
+                else groups.sampling_logp.reshape(N, L))  # [N, L]
     stats = {
         "logp": old_logp.reshape(B, G, L),
         "response_mask": tokens["response_mask"].reshape(B, G, L),
@@ -319,13 +321,16 @@ def rollout_metrics(
     lengths, full-vocabulary ``entropy`` of the current policy and the sampler's, the
     sampled-token NLL (named as such), the sampler-vs-trainer log-prob gap, the mean
     ``|advantage|``, verifier timeouts / crashes, dynamic-sampling rounds and the tokens seen.
+    The trainer's figures are at the sampling temperature, so ``entropy`` matches
+    ``sampling_entropy`` and the gap compares the two old log-probs ``rollout.old_logp_source``
+    chooses between (what enters the ratio); both differ only by numerics.
     """
     L = groups.completion_tokens.shape[-1]
     N, T = batch["tokens"].shape
     P = T - L
     valid = batch["response_mask"] > 0  # [N, L]
     trainer_logp = policy.logprobs[:, P:]  # [N, L]
-    gap = np.abs(groups.sampler_policy_logp.reshape(N, L) - trainer_logp)[valid]
+    gap = np.abs(groups.sampling_logp.reshape(N, L) - trainer_logp)[valid]
     lengths = groups.completion_mask.sum(-1)  # [B, G]
     masked_mean = lambda x, m: float(x[m].mean()) if m.any() else 0.0  # noqa: E731
     return {
@@ -359,7 +364,7 @@ def collect(
     params: Any,
     key: jax.Array,
     config: ml_collections.ConfigDict,
-    logprob_fn: Callable[[Any, jax.Array, jax.Array], logprobs.TokenLogprobs],
+    logprob_fn: Callable[..., logprobs.TokenLogprobs],
     reference_params: Any = None,
 ) -> tuple[Batch, dict[str, float], Groups]:
     """One rollout: the train batch, its metrics, and the groups (for sample logging).
@@ -370,12 +375,14 @@ def collect(
     """
     groups, rounds = sample_groups(sampler, stream, params, key, config.rollout)
     tokens = prompt_and_completion_tokens(groups, sampler.prompt_bucket, sampler.pad_id)
+    temperature = config.rollout.sampling.temperature  # score what was sampled
     policy = logprobs.TokenLogprobs(*map(to_host, logprob_fn(
-        params, tokens["tokens"], tokens["attention_mask"])))  # [N, T] each
+        params, tokens["tokens"], tokens["attention_mask"], temperature=temperature)))  # [N, T]
     reference_logp = None
     if reference_params is not None:
         reference_logp = to_host(logprob_fn(
-            reference_params, tokens["tokens"], tokens["attention_mask"]).logprobs)
+            reference_params, tokens["tokens"], tokens["attention_mask"],
+            temperature=temperature).logprobs)
     rewards = shaped_rewards(groups, config.rollout)
     batch = train_batch(groups, tokens, policy, rewards, config, reference_logp)
     out = rollout_metrics(groups, batch, policy, rewards, rounds, sampler.eos_ids)

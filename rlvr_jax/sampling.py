@@ -101,8 +101,8 @@ class TokenSample(NamedTuple):
       token: the sampled token id (int32).
       sampling_logprob: ``log q(token)`` under the actual (tempered, truncated, renormalised)
         sampling distribution; ``0`` for greedy.
-      policy_logprob: ``log softmax(z)(token)``, the untruncated policy at temperature 1, the
-        quantity the trainer scores.
+      policy_logprob: ``log softmax(z)(token)``, the untruncated policy at temperature 1 (the
+        trainer scores at the sampling temperature: ``sampling_logprob`` when untruncated).
       sampling_entropy: ``H(q) = -Σ_i q_i log q_i`` of the actual sampling distribution.
       truncated_mass: ``Σ_{i ∉ K} softmax(z / T)_i``, the mass cut by top-k / top-p / min-p.
     """

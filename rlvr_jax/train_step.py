@@ -11,6 +11,13 @@ shardings. A *batch* is one rollout, flattened to ``N = B * G`` sequences::
     advantages      float [N] | [N, L]
     ref_logp        float [N, L]     reference-policy log-probs (only when loss.kl_coef > 0)
 
+Every log-prob and entropy (``old_logp`` and ``ref_logp`` as the rollout computes them, and the
+current policy's here) is of the policy at the sampling temperature ``T =
+rollout.sampling.temperature``: ``log π_T(y) = z[y] / T - logsumexp(z / T)``, the distribution
+the responses were drawn from (``config.validate`` refuses greedy and truncated training
+sampling, whose distributions the trainer does not score). At ``T != 1`` the ratio and the
+gradient of ``log π_1`` would be those of a distribution nothing was sampled from.
+
 Inside the step the batch is shuffled and cut into ``batching.mini_batches`` mini-batches,
 one optimizer update each, repeated for ``batching.epochs`` epochs (PPO-style; the rollout
 log-probs stay the old policy throughout). Each mini-batch is accumulated over
@@ -139,7 +146,8 @@ def make_train_step(
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """The jitted update ``(state, batch) -> (state, metrics)``; see the module docstring.
 
-    Reads ``config.loss`` and ``config.batching``. Loss-setting errors raise here, before
+    Reads ``config.loss``, ``config.batching`` and ``config.rollout.sampling.temperature``
+    (the temperature of every log-prob and entropy). Loss-setting errors raise here, before
     anything is compiled; batch errors raise on the call, before tracing. The input state is
     donated.
     """
@@ -148,12 +156,13 @@ def make_train_step(
     micro_batches = config.batching.micro_batches
     mini_batches, epochs = config.batching.mini_batches, config.batching.epochs
     row_sharding = sharding.batch_sharding(mesh, rules)
+    temperature = config.rollout.sampling.temperature
 
     def loss_fn(params, mb: Batch, normalizer, token_count):
         prompt_len = mb["tokens"].shape[1] - mb["response_mask"].shape[1]
         scores = logprobs.token_logprobs(
             model_config, params, mb["tokens"], mb["attention_mask"],
-            chunk_size=config.batching.logprob_chunk_size,
+            chunk_size=config.batching.logprob_chunk_size, temperature=temperature,
         )
         _, response = scores.split(prompt_len)  # [n, L] each
         entropy = response.entropy

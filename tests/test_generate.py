@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlvr_jax import models, sampling
-from rlvr_jax.logprobs import token_logprobs
+from rlvr_jax import models, sampling, sharding
+from rlvr_jax.logprobs import make_logprob_fn, token_logprobs
 from rlvr_jax.sampling import SamplingStrategy, generate
 
 TINY = models.ModelConfig(
@@ -45,16 +45,16 @@ def prompts():
     return jnp.where(mask, tokens, 0), jnp.asarray(mask)
 
 
-def replay(params, prompt_tokens, prompt_mask, out):
-    """Scores [prompt, completion] with the trainer's path; returns the response part [B, G, L]."""
+def replay(params, prompt_tokens, prompt_mask, out, score=None):
+    """Scores [prompt, completion] with the trainer's path, ``score(params, tokens, mask)``
+    (default: ``token_logprobs`` at temperature 1); returns the response part [B, G, L]."""
     B, G, L = out.tokens.shape
     tokens = jnp.concatenate(
         [jnp.repeat(prompt_tokens, G, axis=0), out.tokens.reshape(B * G, L)], axis=1
     )
     mask = jnp.concatenate([jnp.repeat(prompt_mask, G, axis=0), out.mask.reshape(B * G, L)], 1)
-    scored = jax.jit(lambda p, x, m: token_logprobs(TINY, p, x, m, chunk_size=5))(
-        params, tokens, mask
-    )
+    score = score or jax.jit(lambda p, x, m: token_logprobs(TINY, p, x, m, chunk_size=5))
+    scored = score(params, tokens, mask)
     _, response = scored.split(prompt_tokens.shape[1])
     return response.logprobs.reshape(B, G, L), response.entropy.reshape(B, G, L)
 
@@ -75,6 +75,31 @@ def test_replay_through_full_forward_reproduces_policy_logprobs(params, prompts)
     np.testing.assert_allclose(np.asarray(entropy)[mask], np.asarray(out.sampling_entropy)[mask],
                                atol=1e-4)  # fmt: skip
     np.testing.assert_array_equal(np.asarray(out.truncated_mass), 0.0)
+
+
+def test_rollout_logprob_fn_scores_what_was_sampled_at_the_sampling_temperature(params, prompts):
+    """At T = 0.7 the rollout's log-prob function (old, reference and prompt log-probs; the
+    train step's code path) gives the sampler's log-probs and entropies of the sampled tokens;
+    the T = 1 policy log-probs are far from them."""
+    temperature = 0.7
+    out = generate(
+        TINY, params, *prompts, jax.random.key(6), max_new_tokens=12, num_samples=4,
+        strategy=SamplingStrategy(temperature=temperature), eos_ids=(3,), prompt_bucket=8,
+        length_bucket=8,
+    )  # fmt: skip
+    mesh = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
+    replicated = jax.tree.map(lambda _: sharding.replicated(mesh), params)
+    logprob_fn = make_logprob_fn(TINY, mesh, sharding.rules_from_config(None), replicated,
+                                 chunk_size=5)
+    logprobs, entropy = replay(params, *prompts, out, score=lambda p, x, m: logprob_fn(
+        p, x, m, temperature=temperature))
+    mask = np.asarray(out.mask)
+    gap = np.abs(np.asarray(logprobs) - np.asarray(out.sampling_logprobs))[mask]
+    assert gap.max() < 1e-4, f"sampler/trainer log-prob gap {gap.max():.2e} at T={temperature}"
+    np.testing.assert_allclose(np.asarray(entropy)[mask], np.asarray(out.sampling_entropy)[mask],
+                               atol=1e-4)  # fmt: skip
+    untempered = np.abs(np.asarray(out.policy_logprobs) - np.asarray(out.sampling_logprobs))
+    assert untempered[mask].max() > 0.1  # the gap T = 1 scores would show
 
 
 def test_replay_with_truncated_strategy(params, prompts):

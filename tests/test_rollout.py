@@ -1,6 +1,7 @@
 """The rollout's pieces on hand-built groups (token layout, dynamic sampling, overlong shaping,
-old log-probs and advantages, metrics), and the whole RL loop on 2 processes x 4 devices
-against 1 process x 8."""
+old log-probs and advantages, metrics), the sampling settings training refuses, one toy step
+scored at the sampling temperature, and the whole RL loop on 2 processes x 4 devices against
+1 process x 8."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import pytest
 import toy
 from processes import run_processes
 
-from rlvr_jax import advantages, recipes, rollout
+from rlvr_jax import advantages, recipes, rollout, train
+from rlvr_jax import config as config_lib
 from rlvr_jax.config import base_config
 from rlvr_jax.logprobs import TokenLogprobs
 
@@ -42,8 +44,8 @@ def make_groups(rewards, lengths, prompt_ids=None, L=4, seed=0) -> rollout.Group
         examples=[{"id": f"q{i}", "question": "?", "answer": "1"} for i in range(B)],
         prompt_ids=prompt_ids or [[1, 2]] * B,
         completion_tokens=tokens, completion_mask=mask,
-        sampler_policy_logp=-np.abs(noise()), sampling_logp=-np.abs(noise()),
-        sampling_entropy=np.abs(noise()), truncated_mass=np.zeros((B, G, L), np.float32),
+        sampling_logp=-np.abs(noise()), sampling_entropy=np.abs(noise()),
+        truncated_mass=np.zeros((B, G, L), np.float32),
         texts=[["x"] * G for _ in range(B)], rewards=rewards,
         answers=[["1" if r else "2" for r in row] for row in rewards],
     )
@@ -136,7 +138,7 @@ def test_train_batch_takes_old_logprobs_and_grpo_advantages(source):
     reference = policy.logprobs - 0.25
     batch = rollout.train_batch(groups, tokens, policy, groups.rewards, config, reference)
     expected_old = (policy.logprobs[:, 2:] if source == "trainer"
-                    else groups.sampler_policy_logp.reshape(6, 4))
+                    else groups.sampling_logp.reshape(6, 4))
     np.testing.assert_array_equal(batch["old_logp"], expected_old)
     np.testing.assert_array_equal(batch["ref_logp"], policy.logprobs[:, 2:] - 0.25)
     r = groups.rewards.astype(np.float64)
@@ -167,7 +169,7 @@ def test_rollout_metrics_by_hand():
     rounds = rollout.SamplingRounds(rounds=3, mixed_groups_kept=1)
     out = rollout.rollout_metrics(groups, batch, policy, groups.rewards - 0.5, rounds, (EOS,))
     valid = groups.completion_mask.reshape(4, 4)
-    gap = np.abs(groups.sampler_policy_logp.reshape(4, 4) - policy.logprobs[:, 2:])[valid]
+    gap = np.abs(groups.sampling_logp.reshape(4, 4) - policy.logprobs[:, 2:])[valid]
     assert out["reward_mean"] == 0.25 and out["shaped_reward_mean"] == -0.25
     assert out["frac_hit_max_tokens"] == 0.25  # only row (0, 0): 4 tokens, no EOS
     assert out["response_length_mean"] == 2.75 and out["response_length_max"] == 4
@@ -181,9 +183,49 @@ def test_rollout_metrics_by_hand():
     assert out["frac_all_wrong"] == 0.5 and out["pass@2"] == 0.5
 
 
+@pytest.mark.parametrize("key, value", [("top_k", 20), ("top_p", 0.9), ("min_p", 0.05)])
+def test_validate_refuses_truncated_training_rollouts_but_not_truncated_evaluation(key, value):
+    config = base_config()
+    config.eval.sampling[key] = value
+    config_lib.validate(config)  # evaluation only needs rewards
+    config.rollout.sampling[key] = value
+    with pytest.raises(ValueError, match=rf"rollout\.sampling\.{key}={value} truncates .*"
+                                         r"untruncated policy at the sampling temperature"):
+        config_lib.validate(config)
+
+
+def test_validate_refuses_greedy_training_rollouts_but_not_greedy_evaluation():
+    config = base_config()
+    config.eval.sampling.temperature = 0.0
+    config_lib.validate(config)
+    config.rollout.sampling.temperature = 0.0
+    with pytest.raises(ValueError, match=r"rollout\.sampling\.temperature=0 is greedy"):
+        config_lib.validate(config)
+
+
 @pytest.fixture(scope="module")
 def toy_model(tmp_path_factory):
     return toy.write_model(str(tmp_path_factory.mktemp("toy_model")))
+
+
+def test_first_update_scores_the_rollout_at_the_sampling_temperature(tmp_path, toy_model):
+    """One toy training step at T = 0.7 with the sampler's old log-probs: the trainer scores
+    the sampled tokens as the sampler did (log-prob gap ~0, every ratio of the first update 1)
+    and the first update's full-vocabulary entropy is the rollout's sampling entropy."""
+    toy.register()
+    config = toy.toy_config(toy_model)
+    config.total_steps = 1
+    config.rollout.sampling.temperature = 0.7
+    config.rollout.old_logp_source = "sampler"
+    config.eval.num_prompts = config.eval.samples_per_prompt = 1
+    config.logging.tensorboard = False
+    train.run(config, str(tmp_path))
+    with open(tmp_path / "metrics.jsonl") as f:
+        row = next(r for r in map(json.loads, f) if "update/entropy" in r)
+    assert row["train/sampler_trainer_logp_gap_max"] < 1e-4
+    assert abs(row["update/ratio_max"] - 1) < 1e-4 and abs(row["update/ratio_min"] - 1) < 1e-4
+    np.testing.assert_allclose(row["update/entropy"], row["train/sampling_entropy"], atol=1e-5)
+    np.testing.assert_allclose(row["train/entropy"], row["train/sampling_entropy"], atol=1e-5)
 
 
 @pytest.mark.slow

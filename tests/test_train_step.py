@@ -1,4 +1,5 @@
-"""The compiled train step: gradients against a naive full-logits loss, micro-batch and device
+"""The compiled train step: gradients against a naive full-logits loss (at the sampling
+temperature), a zero expected gradient for a constant advantage, micro-batch and device
 invariance, optimisation of the objective, exact resume from a checkpoint, config errors."""
 
 import json
@@ -46,20 +47,22 @@ def run_config(overrides=None):
     return config
 
 
-def setup(overrides=None, optim_config=SGD, seed=0):
+def setup(overrides=None, optim_config=SGD, seed=0, params=None):
     mesh = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
     rules = sharding.rules_from_config(None)
     tx, _ = optim.make_optimizer(**optim_config)
-    state, shardings = ts.create_train_state(CONFIG, tx, jax.random.key(seed), mesh, rules)
+    state, shardings = ts.create_train_state(CONFIG, tx, jax.random.key(seed), mesh, rules,
+                                             params=params)
     step = ts.make_train_step(run_config(overrides), CONFIG, tx, mesh, rules, shardings)
     return state, step, (mesh, rules, tx, shardings)
 
 
-def naive_loss(params, batch, clip=0.2):
-    """Full [N, T, V] logits, log-softmax, gather, clipped surrogate, token mean."""
+def naive_loss(params, batch, clip=0.2, temperature=1.0):
+    """Full [N, T, V] logits, log-softmax at ``temperature``, gather, clipped surrogate, token
+    mean."""
     logits = models.forward(CONFIG, params, jnp.asarray(batch["tokens"]),
                             attention_mask=jnp.asarray(batch["attention_mask"]))
-    logp_all = jax.nn.log_softmax(logits[:, :-1], axis=-1)
+    logp_all = jax.nn.log_softmax(logits[:, :-1] / temperature, axis=-1)
     logp = jnp.take_along_axis(logp_all, batch["tokens"][:, 1:, None], -1)[..., 0][:, P - 1:]
     ratio = jnp.exp(logp - batch["old_logp"])
     adv = batch["advantages"][:, None]
@@ -72,17 +75,48 @@ def tree_max_diff(a, b):
     return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(jnp.max(jnp.abs(x - y))), a, b)))
 
 
-def test_sgd_update_equals_naive_gradient():
-    state, step, _ = setup()
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sgd_update_equals_naive_gradient(temperature):
+    state, step, _ = setup({"rollout.sampling.temperature": temperature})
     params0 = jax.tree.map(np.array, state.params)
     batch = make_batch()
-    grads = jax.grad(naive_loss)(params0, batch)
+    loss = lambda params: naive_loss(params, batch, temperature=temperature)  # noqa: E731
+    grads = jax.grad(loss)(params0)
     new_state, metrics = step(state, batch)
     expected = jax.tree.map(lambda p, g: p - g, params0, grads)
     assert tree_max_diff(new_state.params, expected) < 1e-5
-    np.testing.assert_allclose(metrics["loss"], naive_loss(params0, batch), rtol=1e-5)
+    np.testing.assert_allclose(metrics["loss"], loss(params0), rtol=1e-5)
     np.testing.assert_allclose(metrics["grad_norm"], optax.tree.norm(grads), rtol=1e-4)
     assert int(new_state.step) == 1
+
+
+def test_expected_gradient_of_a_constant_advantage_is_zero_at_the_sampling_temperature():
+    """Every next token ``y`` after one prompt, as a one-token response weighted by its
+    sampling probability ``π_T(y)`` (from the full logits): the batch's loss is
+    ``-E_{y ~ π_T}[A ratio]``, whose gradient at ratio 1 is ``-A ∇ Σ_y π_T(y) = 0``. A
+    trainer scoring at another temperature gives ratios != 1 and a gradient that is not 0."""
+    temperature, V = 0.7, CONFIG.vocab_size
+    overrides = {"rollout.sampling.temperature": temperature}
+    # Larger weights than the init gives a peaked next-token distribution.
+    params = jax.tree.map(lambda x: x * 4.0 if x.ndim >= 2 else x,
+                          models.init_params(CONFIG, jax.random.key(0)))
+    state, step, _ = setup(overrides, params=params)
+    prompt = np.random.default_rng(4).integers(0, V, size=P).astype(np.int32)
+    logits = models.forward(CONFIG, state.params, jnp.asarray(prompt)[None])[0, -1]  # [V]
+    logp = np.asarray(jax.nn.log_softmax(logits / temperature), np.float32)  # [V]
+    probs = np.exp(logp.astype(np.float64))
+    assert probs.max() > 10 * probs.min()  # far from uniform: T matters
+    tokens = np.concatenate([np.tile(prompt, (V, 1)), np.arange(V, dtype=np.int32)[:, None]], 1)
+    batch = {"tokens": tokens, "attention_mask": np.ones((V, P + 1), bool),
+             "response_mask": np.ones((V, 1), np.float32), "old_logp": logp[:, None]}
+    # token_mean over V rows: advantage V·π_T(y)·A makes the loss the expectation; A = 1.
+    _, metrics = step(state, {**batch, "advantages": (V * probs).astype(np.float32)})
+    assert abs(float(metrics["ratio_max"]) - 1) < 1e-4
+    assert abs(float(metrics["ratio_min"]) - 1) < 1e-4
+    state, step, _ = setup(overrides, params=params)
+    one_token = np.where(np.arange(V) == np.argmax(probs), float(V), 0.0).astype(np.float32)
+    _, reference = step(state, {**batch, "advantages": one_token})  # the scale of one sample
+    assert float(metrics["grad_norm"]) < 1e-4 * float(reference["grad_norm"])
 
 
 def test_micro_batch_count_does_not_change_the_update():
@@ -118,12 +152,12 @@ def test_training_raises_logprob_of_positively_rewarded_completions():
     logprob_fn = logprobs.make_logprob_fn(CONFIG, mesh, rules, shardings.params, chunk_size=256)
 
     def response_logp(params):
-        scores = logprob_fn(params, batch["tokens"], batch["attention_mask"])
+        scores = logprob_fn(params, batch["tokens"], batch["attention_mask"], temperature=1.0)
         return float(np.sum(np.asarray(scores.logprobs)[:, P:] * batch["response_mask"]))
 
     before = response_logp(state.params)
     batch["old_logp"] = np.asarray(logprob_fn(state.params, batch["tokens"],
-                                          batch["attention_mask"]).logprobs)[:, P:]
+                                          batch["attention_mask"], temperature=1.0).logprobs)[:, P:]
     for _ in range(4):
         state, _ = step(state, batch)
     after = response_logp(state.params)
