@@ -42,7 +42,7 @@ from jax.experimental import multihost_utils
 from rlvr_jax import advantages, logprobs, metrics, models, sampling, shaping
 from rlvr_jax.rewards.distributed import verify_across_processes
 from rlvr_jax.tasks.order import epoch_order
-from rlvr_jax.tasks.prompts import PROMPT_TOKENS, encode_prompt
+from rlvr_jax.tasks.prompts import encode_prompt, prompt_token_mask
 
 Batch = dict[str, np.ndarray]
 
@@ -287,29 +287,6 @@ def shaped_rewards(groups: Groups, rollout: ml_collections.ConfigDict) -> np.nda
     return groups.rewards + rollout.overlong_coef * np.asarray(penalty)
 
 
-def prompt_token_mask(groups: Groups, selection: str, length: int) -> np.ndarray:
-    """bool ``[B, length]``: the prompt tokens that ``selection`` (``advantage.prompt_tokens``,
-    one of ``prompts.PROMPT_TOKENS``) counts, prompts left-padded to ``length``."""
-    if selection not in PROMPT_TOKENS:
-        raise ValueError(f"advantage.prompt_tokens={selection!r}; expected one of {PROMPT_TOKENS}")
-    mask = np.zeros((len(groups.prompt_ids), length), bool)
-    for row, (ids, spans) in enumerate(zip(groups.prompt_ids, groups.prompt_selections,
-                                           strict=True)):
-        if selection == "templated_prompt":
-            chosen = np.ones(len(ids), bool)
-        elif selection in spans:
-            chosen = spans[selection]
-        else:
-            raise ValueError(
-                f"advantage.prompt_tokens={selection!r} needs the tokenizer's character offsets "
-                "to find it in the chat-formatted prompt, and this tokenizer gives none "
-                "(transformers' fast tokenizers do); use advantage.prompt_tokens="
-                "'templated_prompt' or a tokenizer.json tokenizer"
-            )
-        mask[row, length - len(ids):] = chosen
-    return mask
-
-
 def train_batch(
     groups: Groups,
     tokens: Batch,
@@ -338,7 +315,7 @@ def train_batch(
     }
     if "prompt_mask" in advantages.spec(config.advantage.estimator).inputs:
         stats["prompt_mask"] = policy.mask[::G, :P] & prompt_token_mask(  # [B, P]
-            groups, config.advantage.prompt_tokens, P)
+            groups.prompt_ids, groups.prompt_selections, config.advantage.prompt_tokens, P)
     adv = np.asarray(advantages.compute(config.advantage.estimator, rewards, stats,
                                         **config.advantage.options), np.float32)
     batch = {**tokens, "old_logp": old_logp, "advantages": adv.reshape(N, *adv.shape[2:])}

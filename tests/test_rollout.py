@@ -19,7 +19,7 @@ from processes import run_processes
 from rlvr_jax import advantages, recipes, rollout
 from rlvr_jax.config import base_config
 from rlvr_jax.logprobs import TokenLogprobs
-from rlvr_jax.tasks.prompts import BOXED_INSTRUCTION
+from rlvr_jax.tasks.prompts import BOXED_INSTRUCTION, prompt_token_mask
 
 MULTIDEVICE = pathlib.Path(__file__).parent / "multidevice"
 E2E = pathlib.Path(__file__).parent / "e2e"
@@ -251,7 +251,7 @@ def test_sampler_prompts_select_the_question_the_user_message_or_everything(smol
     groups = make_groups([[1, 0], [0, 1]], [[4, 2], [3, 4]], prompt_ids=prompt_ids)
     groups.prompt_selections = selections
     P = rollout.prompt_and_completion_tokens(groups, 64, pad_id=2)["tokens"].shape[1] - 4
-    mask = rollout.prompt_token_mask(groups, selection, P)  # [B, P]
+    mask = prompt_token_mask(groups.prompt_ids, groups.prompt_selections, selection, P)
     for row, example in enumerate(examples):
         ids = np.asarray(prompt_ids[row])
         text = smollm2.decode(np.pad(ids, (P - len(ids), 0))[mask[row]])

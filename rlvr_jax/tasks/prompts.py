@@ -7,9 +7,10 @@ without a chat template use ``tokenizer=None``: the plain text
 ``[system + "\\n\\n"] + user message + "\\n"``.
 
 :func:`render_prompt` also says where the question and the user message lie in the prompt
-text, and :func:`encode_prompt` turns those character spans into token masks, so a statistic
-over prompt tokens (ProGRPO's prompt confidence) can count only the tokens that differ from
-prompt to prompt (:data:`PROMPT_TOKENS`).
+text, :func:`encode_prompt` turns those character spans into token masks and
+:func:`prompt_token_mask` lays them out for a left-padded batch, so a statistic over prompt
+tokens (ProGRPO's prompt confidence) can count only the tokens that differ from prompt to
+prompt (:data:`PROMPT_TOKENS`).
 """
 
 from __future__ import annotations
@@ -156,3 +157,29 @@ def encode_prompt(rendered: RenderedPrompt, tokenizer: Any) -> EncodedPrompt:
         name: (begin < stop) & (end > start) & (end > begin)
         for name, (start, stop) in rendered.spans.items()
     })
+
+
+def prompt_token_mask(
+    prompt_ids: list[list[int]], selections: list[dict[str, np.ndarray]], selection: str,
+    length: int,
+) -> np.ndarray:
+    """bool ``[B, length]``: the tokens of ``B`` prompts (:attr:`EncodedPrompt.ids` and
+    ``.selections``), left-padded to ``length``, that ``selection`` (one of
+    :data:`PROMPT_TOKENS`, the config key ``advantage.prompt_tokens``) counts."""
+    if selection not in PROMPT_TOKENS:
+        raise ValueError(f"advantage.prompt_tokens={selection!r}; expected one of {PROMPT_TOKENS}")
+    mask = np.zeros((len(prompt_ids), length), bool)
+    for row, (ids, spans) in enumerate(zip(prompt_ids, selections, strict=True)):
+        if selection == "templated_prompt":
+            chosen = np.ones(len(ids), bool)
+        elif selection in spans:
+            chosen = spans[selection]
+        else:
+            raise ValueError(
+                f"advantage.prompt_tokens={selection!r} needs the tokenizer's character offsets "
+                "to find it in the chat-formatted prompt, and this tokenizer gives none "
+                "(transformers' fast tokenizers do); use advantage.prompt_tokens="
+                "'templated_prompt' or a tokenizer.json tokenizer"
+            )
+        mask[row, length - len(ids):] = chosen
+    return mask
