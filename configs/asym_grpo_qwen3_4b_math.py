@@ -30,7 +30,7 @@ evaluation            ``math500``             one eval task per run (the paper's
 beta_pos / beta_neg   0.9 / 0.4               project reading (estimators.md), unchecked
 prompts x group size  128 x 8                 ``math_rl_config`` (DAPO-style default)
 response length       4096 new tokens         ``math_rl_config``
-optimizer             AdamW, lr 1e-6, wd 0.1  ``math_rl_config``; 10 warm-up steps
+optimizer             AdamW, lr 1e-6, wd 0.1  ``math_rl_config``; 10 warm-up RL steps
 updates per rollout   4 mini-batches          ``math_rl_config``
 steps                 300                     ``math_rl_config``
 temperature           1.0                     base config

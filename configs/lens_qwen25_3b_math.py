@@ -27,7 +27,7 @@ checked, and none of the numbers below are the paper's. The recipe uses instead:
 
 * training data: MATH ``train`` and DAPO-Math-17k ``train`` in equal shares (weights 1 : 1,
   seed 0); the split between the two is this recipe's choice;
-* learning rate 1e-6 (AdamW, weight decay 0.1, 10 warm-up steps), 128 prompts x 8 responses
+* learning rate 1e-6 (AdamW, weight decay 0.1, 10 warm-up RL steps), 128 prompts x 8 responses
   per step, 4 updates per rollout, responses up to 4096 tokens, 300 steps, sampling
   temperature 1.0, clip 0.2 on both sides, no KL term: the DAPO-style
   defaults of ``recipes.math_rl_config``;

@@ -6,10 +6,11 @@
 
 Needs the user's own weights (an HF directory) and data files (see
 ``rlvr_jax/data/tfds_builders.py`` for where to get them and their names). The rollout, loss
-and optimizer settings are DAPO's published ones (Yu et al., 2025: 512 prompts x 16 responses,
-16 updates per rollout, lr 1e-6, clip 0.2/0.28, token-mean loss, 20k-token responses with a
-4k overlong buffer). ProGRPO's own hyper-parameters are not published beyond these: ARM's
-``alpha`` is the spec default 1.0, meant to be swept (``configs/sweeps/progrpo_alpha.py``).
+and optimizer settings are DAPO's published ones (Yu et al., 2025, section 4.1: 512 prompts x
+16 responses, 16 updates per rollout, lr 1e-6 with a linear warm-up over 20 rollout steps, clip
+0.2/0.28, token-mean loss, 20k-token responses with a 4k overlong buffer). ProGRPO's own
+hyper-parameters are not published beyond these: ARM's ``alpha`` is the spec default 1.0, meant
+to be swept (``configs/sweeps/progrpo_alpha.py``).
 
 Both variants run DAPO's whole recipe (token-mean loss, clip-higher, dynamic sampling, overlong
 penalty) and differ only in the advantage: ``progrpo`` adds ARM, ``grpo`` is DAPO itself. So a
@@ -37,6 +38,7 @@ def get_config(variant: str = "progrpo"):
     config.rollout.length_bucket = 1024
     config.batching.mini_batches = 16
     config.batching.micro_batches = 64
+    config.optim.warmup_steps = 20  # RL steps, as DAPO's section 4.1
     config.loss.clip_high = 0.28
     config.rollout.dynamic_sampling = True
     config.rollout.overlong_buffer = 4096

@@ -34,6 +34,8 @@ import numpy as np
 
 Array = jax.Array
 Confidence = Literal["low_tokens", "all_tokens", "low_tokens_sum"]
+AllWrongWeighting = Literal["loss", "per_response"]
+ALL_WRONG_WEIGHTINGS: tuple[str, ...] = ("loss", "per_response")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,6 +260,7 @@ def lens(
     std_ddof: int = 1,
     eps: float = 1e-6,
     dimp_uses_length_norm: bool = True,
+    all_wrong_weighting: AllWrongWeighting = "loss",
 ) -> Array:
     """LENS (Feng et al., 2025): confidence-reweighted penalties that use all-wrong groups.
 
@@ -274,17 +277,50 @@ def lens(
        ``A = alpha (r~ - mean(r~))``. All-correct groups: 0.
 
     A group is all-wrong when every ``r_i <= 0`` and all-correct when every ``r_i >= 1``.
+    Binary rewards only in meaning: a shaped reward (DAPO's overlong penalty) would mix the
+    length penalty into ``r~`` and the group classes, so ``config.validate`` refuses
+    ``rollout.overlong_buffer`` with this estimator.
+
+    **How much an all-wrong group pushes** (``all_wrong_weighting``). The paper weights the
+    all-wrong group's objective by ``alpha`` with each response counted once (GRPO's per-sequence
+    average ``(1/G) sum_i (1/|o_i|) sum_t``). The loss multiplies the advantage of token ``t``
+    of response ``i`` by its aggregation weight ``w_i`` (``losses.py``): ``1/N_tok`` under
+    ``token_mean``, ``1/(N_seq |o_i|)`` under ``seq_mean_token_mean``, ``1/N_seq`` under
+    ``seq_mean_token_sum``, ``1/(N_seq L_max)`` under ``seq_sum_over_max_len``.
+
+    * ``"loss"`` (default; the spec's formula): ``A_i`` above, one value per response. Each
+      response then weighs ``|o_i| w_i``: counted once under ``seq_mean_token_mean`` (the
+      paper's reading exactly), in proportion to its length under the other three modes, where
+      long responses dominate the group's push.
+    * ``"per_response"``: on all-wrong groups the advantage becomes per token,
+      ``A_{i,t} = A_i * n_bar / |o_i|`` with ``n_bar = N_tok / N_seq`` the mean length of the
+      non-empty responses of the whole batch passed in (mixed groups keep ``A_i``; the result
+      is ``[B, G, L]``, 0 on padding). Every response of the group then weighs the same,
+      ``A_i n_bar w`` in total. Under ``token_mean`` this is exact: the group's loss term
+      equals ``alpha (1/N_seq) sum_i (1/|o_i|) sum_t L_t(A~_i)`` with ``A~ = r~ - mean(r~)``,
+      the paper's objective, because the clipped surrogate is positively homogeneous in the
+      advantage. Under ``seq_mean_token_sum`` and ``seq_sum_over_max_len`` each response is
+      likewise counted once, scaled by the constant ``n_bar`` resp. ``n_bar / L_max``
+      (the mean factor by which those modes also scale the mixed groups' responses). Under
+      ``seq_mean_token_mean`` it would divide by ``|o_i|`` twice: ``config.validate`` refuses
+      that pair (``"loss"`` is already the paper's reading there).
 
     Args:
       rewards: ``[B, G]`` rewards in ``[0, 1]``.
       logp: ``[B, G, L]`` rollout log-probs of the sampled tokens.
       response_mask: ``[B, G, L]``, 1 on valid tokens.
+      all_wrong_weighting: ``"loss"`` or ``"per_response"`` (above).
 
     Returns:
-      ``[B, G]`` advantages.
+      ``[B, G]`` advantages, or ``[B, G, L]`` with ``all_wrong_weighting="per_response"``.
     """
     _check_rewards(rewards, "lens")
     _check_token_stats(rewards, logp, response_mask, "lens")
+    if all_wrong_weighting not in ALL_WRONG_WEIGHTINGS:
+        raise ValueError(
+            f"lens: all_wrong_weighting={all_wrong_weighting!r}; expected one of "
+            f"{ALL_WRONG_WEIGHTINGS}"
+        )
     r = _as_f32(rewards)  # [B, G]
     G = r.shape[-1]
     mask = jnp.asarray(response_mask).astype(bool)
@@ -315,7 +351,13 @@ def lens(
     mixed_advantage = _group_normalise(calibrated, std_ddof, eps)
     wrong_advantage = alpha * (calibrated - jnp.mean(calibrated, axis=-1, keepdims=True))
     advantage = jnp.where(mixed, mixed_advantage, jnp.where(all_wrong, wrong_advantage, 0.0))
-    return advantage.astype(_out_dtype(rewards))
+    if all_wrong_weighting == "loss":
+        return advantage.astype(_out_dtype(rewards))
+    lengths = jnp.sum(mask, axis=-1).astype(jnp.float32)  # [B, G]
+    mean_length = jnp.sum(lengths) / jnp.maximum(jnp.sum(lengths > 0), 1)
+    per_response = jnp.where(lengths > 0, mean_length / jnp.maximum(lengths, 1.0), 0.0)
+    scaled = jnp.where(all_wrong, advantage * per_response, advantage)  # [B, G]
+    return jnp.where(mask, scaled[..., None], 0.0).astype(_out_dtype(rewards))  # [B, G, L]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -362,7 +404,11 @@ def answer_confidence(
 def prompt_confidence(prompt_logp: Array, prompt_mask: Array) -> Array:
     """ProGRPO's prompt confidence ``c(q) = exp(mean_t logp_q)`` = 1 / prompt perplexity.
 
-    ``[B, P] -> [B]``; an empty prompt has confidence 1.
+    ``[B, P] -> [B]``, the mean over the tokens ``prompt_mask`` selects; an empty selection has
+    confidence 1. Which prompt tokens count is the rollout's choice, ``advantage.prompt_tokens``
+    (``tasks.prompts.PROMPT_TOKENS``): by default the question's tokens only, each scored given
+    everything before it (system prompt and role header included), so the template's fixed
+    tokens, identical in every prompt, do not dilute ``c(q)``.
     """
     mask = jnp.asarray(prompt_mask).astype(bool)
     return jnp.exp(_masked_mean(jax.lax.stop_gradient(_as_f32(prompt_logp)), mask))
@@ -392,7 +438,17 @@ def progrpo(
 
     ``A`` is :func:`grpo` (with ``std_ddof``, ``eps``), ``c(o | q)`` is
     :func:`answer_confidence` (``confidence``, ``rho_low``) and ``c(q)`` is
-    :func:`prompt_confidence`. A response is correct when ``r_i > 0``.
+    :func:`prompt_confidence` over the prompt tokens ``prompt_mask`` selects. A response is
+    correct when ``r_i > 0``.
+
+    Shaped rewards (DAPO's overlong penalty, ``rollout.overlong_buffer > 0``) are accepted:
+    ``r_i = v_i + overlong_coef * R_len(|o_i|)`` with the verifier's ``v_i`` in ``{0, 1}`` and
+    ``R_len`` in ``[-1, 0]``. ``A`` is GRPO on the shaped ``r`` (as DAPO's baseline), and the
+    correctness test stays ``r_i > 0`` on the shaped value: a wrong response never counts as
+    correct, and a correct one counts unless its penalty cancels its reward,
+    ``overlong_coef * |R_len| >= 1`` (with ``overlong_coef = 1`` only a response that fills the
+    whole token budget). So ``k`` counts the correct responses whose shaped reward stays
+    positive.
 
     Args:
       rewards: ``[B, G]``.
@@ -438,7 +494,8 @@ class EstimatorSpec:
       fn: the estimator.
       inputs: names of the keyword statistics it needs, from ``logp``, ``response_mask``,
         ``prompt_logp``, ``prompt_mask``.
-      per_token: True when it returns ``[B, G, L]`` instead of ``[B, G]``.
+      per_token: True when it always returns ``[B, G, L]`` instead of ``[B, G]`` (``lens``
+        returns ``[B, G, L]`` only with ``all_wrong_weighting="per_response"``).
     """
 
     fn: Callable[..., Array]

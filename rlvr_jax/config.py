@@ -31,7 +31,8 @@ The other sections (their keys are documented where they are read)::
                 prompt_bucket, length_bucket, old_logp_source ("trainer" | "sampler"),
                 dynamic_sampling, max_sampling_rounds, overlong_buffer (0: off), overlong_coef,
                 unstack_decode_layers (see sampling.generate)
-    advantage:  estimator (advantages.ESTIMATORS), options
+    advantage:  estimator (advantages.ESTIMATORS), options, prompt_tokens (which prompt tokens
+                the prompt statistics count, for ProGRPO's c(q): tasks.prompts.PROMPT_TOKENS)
     batching:   epochs, mini_batches (optimizer updates per epoch), micro_batches (gradient
                 accumulation per update), logprob_chunk_size (see train_step)
     mesh:       data, fsdp, tensor (-1: the rest)     sharding: logical_axis_rules (None: the
@@ -56,6 +57,7 @@ from typing import Any
 import ml_collections
 
 from rlvr_jax import advantages, logprobs, losses, optimizer, sampling
+from rlvr_jax.tasks.prompts import PROMPT_TOKENS
 
 placeholder = ml_collections.config_dict.placeholder
 OPEN_SECTIONS = ("task.options", "eval.task_options")
@@ -123,6 +125,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.advantage = ml_collections.ConfigDict({
         "estimator": "grpo",
         "options": keyword_defaults(advantages.grpo),
+        "prompt_tokens": "question",
     })
     config.loss = ml_collections.ConfigDict(
         keyword_defaults(losses.policy_loss, exclude=losses.LOSS_INPUTS))
@@ -214,6 +217,37 @@ def _check_training_sampling(strategy: sampling.SamplingStrategy) -> None:
             )
 
 
+def _check_estimator_conventions(config: ml_collections.ConfigDict) -> None:
+    """The estimator's pairings with the rollout and the loss that would silently be wrong.
+
+    DAPO's overlong penalty makes rewards non-binary: AsymGRPO and LENS read rewards as binary
+    outcomes and refuse it; ProGRPO accepts it (its correctness test ``r > 0`` on the shaped
+    reward is documented in ``advantages.progrpo``). LENS's ``per_response`` weighting already
+    divides by the response length, which ``seq_mean_token_mean`` would do a second time.
+    """
+    advantage = config.advantage
+    if advantage.prompt_tokens not in PROMPT_TOKENS:
+        raise ValueError(
+            f"advantage.prompt_tokens={advantage.prompt_tokens!r}; expected one of {PROMPT_TOKENS}"
+        )
+    if config.rollout.overlong_buffer and advantage.estimator in ("asym_grpo", "lens"):
+        raise ValueError(
+            "rollout.overlong_buffer makes rewards non-binary (verifier reward plus a length "
+            f"penalty), but advantage.estimator={advantage.estimator!r} requires binary rewards; "
+            "set rollout.overlong_buffer=0 or use an estimator that accepts shaped rewards "
+            "(grpo, dr_grpo, rloo, reinforce_pp_baseline, progrpo)"
+        )
+    if (advantage.estimator == "lens"
+            and advantage.options.get("all_wrong_weighting") == "per_response"
+            and config.loss.aggregation == "seq_mean_token_mean"):
+        raise ValueError(
+            "advantage.options.all_wrong_weighting='per_response' divides each all-wrong "
+            "response's advantage by its length, and loss.aggregation='seq_mean_token_mean' "
+            "divides by it again; under seq_mean_token_mean the default 'loss' already counts "
+            "each response once"
+        )
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks the values that can be checked without loading anything.
 
@@ -235,11 +269,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"rollout.old_logp_source={rollout.old_logp_source!r}; expected 'trainer' or "
             "'sampler'"
         )
-    if rollout.overlong_buffer and config.advantage.estimator == "asym_grpo":
-        raise ValueError(
-            "rollout.overlong_buffer makes rewards non-binary, but advantage.estimator="
-            "'asym_grpo' requires binary rewards"
-        )
+    _check_estimator_conventions(config)
     if not 0 <= rollout.overlong_buffer <= rollout.max_new_tokens:
         raise ValueError(
             f"rollout.overlong_buffer={rollout.overlong_buffer} must be in "

@@ -20,14 +20,20 @@ mode                     formula                        verl | TRL | Tunix
                                                         sequence-mean-token-mean
 ``seq_mean_token_sum``   mean_i sum_t m L               seq-mean-token-sum | (none) |
                                                         seq-mean-token-sum
-``seq_sum_over_max_len`` sum_it m L / (N_seq L_max)     seq-mean-token-sum-norm (omits N_seq) |
-                                                        dr_grpo | sequence-mean-token-scale
-                                                        (counts non-empty sequences only)
+``seq_sum_over_max_len`` sum_it m L / (N_seq L_max)     seq-mean-token-sum-norm** | dr_grpo |
+                                                        sequence-mean-token-scale***
 ======================== ============================== ========================================
 
 (*TRL's ``bnpo`` normalises by the local batch's tokens, which equals ``token_mean`` only
 without gradient accumulation.) The two ``seq_mean`` modes count sequences with at least one
-valid token; ``seq_sum_over_max_len`` is a constant normaliser and counts every sequence.
+valid token; ``seq_sum_over_max_len`` is a constant normaliser and counts every sequence, with
+``L_max`` = ``max_len`` (default: the padded response length ``L``).
+
+(**verl 0.9.1's ``agg_loss`` divides the token sum by the number of non-empty sequences (or
+the global batch size it is given) and by the horizon, ``loss_scale_factor`` or else the
+padded response length: this mode, except that a sequence without valid tokens is not counted.
+verl releases before 0.9 divide by the horizon only, omitting ``N_seq``.
+***Tunix counts non-empty sequences only, like verl 0.9.1.)
 
 **Micro-batching.** Compute ``normalizer = loss_normalizer(full_mask, mode, max_len)`` once over
 the global batch and pass it to :func:`policy_loss` on each micro-batch: the micro-batch losses,

@@ -105,7 +105,8 @@ def math_rl_config(
     task_options: dict[str, Any] | None = None,
 ) -> Any:
     """A math RL run on a mid-size model with DAPO-style settings (bf16 compute, full remat,
-    128 prompts x 8 responses, 4k-token responses, 4 updates per rollout, lr 1e-6).
+    128 prompts x 8 responses, 4k-token responses, 4 updates per rollout, lr 1e-6 with a linear
+    warm-up over 10 RL steps, as verl's DAPO example scripts; ``optim`` schedules count RL steps).
 
     ``model`` is a preset name (users pass their checkpoint directory as ``model.name``);
     ``task`` and ``eval_task`` are TFDS-backed task names sharing ``TFDS_DATA_DIR``.

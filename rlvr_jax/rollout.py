@@ -10,14 +10,17 @@ thing (:func:`collect` composes them):
    depend only on the run seed, the step and the prompt's stream position, so two runs that
    differ only in the estimator see identical first rollouts (paired-seed experiments). With
    ``rollout.dynamic_sampling`` groups whose rewards are all equal are dropped and new prompts
-   drawn (:class:`SamplingRounds` counts them).
+   drawn (:class:`SamplingRounds` counts them and keeps every group drawn).
 2. :func:`prompt_and_completion_tokens`: the ``[N, P + L]`` token arrays (``N = B * G``).
 3. Log-probs and full-vocabulary entropies of prompt and response tokens under the current
    policy (and the frozen reference, for the KL term) at the sampling temperature, the
    distribution the completions were drawn from, fetched to every host.
 4. :func:`shaped_rewards` (DAPO's overlong penalty in tokens) and :func:`train_batch` (old
    log-probs and the configured advantage estimator), pure NumPy on the host.
-5. :func:`rollout_metrics`: every figure of the rollout, a pure function of the above.
+5. :func:`rollout_metrics`: every figure of the rollout, a pure function of the above. The
+   outcome figures (rewards, pass@k, group fractions, answer diversity) describe every group
+   sampled, before DAPO's dynamic-sampling filter; with the filter on, the same figures of the
+   kept groups (the train batch) are logged under ``kept/``.
 
 The result is the train batch of ``train_step`` (``N = B * G`` rows) and a dict of metrics.
 Multi-host: every process draws the same global prompts and gathers the generations; each
@@ -40,6 +43,7 @@ from jax.experimental import multihost_utils
 from rlvr_jax import advantages, logprobs, metrics, models, sampling, shaping
 from rlvr_jax.rewards.distributed import verify_across_processes
 from rlvr_jax.tasks.order import epoch_order
+from rlvr_jax.tasks.prompts import encode_prompt, prompt_token_mask
 
 Batch = dict[str, np.ndarray]
 
@@ -91,7 +95,7 @@ def to_host(x: jax.Array) -> np.ndarray:
 
 _ARRAY_FIELDS = ("completion_tokens", "completion_mask", "sampling_logp", "sampling_entropy",
                  "truncated_mass", "rewards")  # leading axis B
-_LIST_FIELDS = ("examples", "prompt_ids", "texts", "answers")  # B entries
+_LIST_FIELDS = ("examples", "prompt_ids", "prompt_selections", "texts", "answers")  # B entries
 
 
 @dataclasses.dataclass
@@ -100,6 +104,8 @@ class Groups:
 
     examples: list[dict[str, Any]]
     prompt_ids: list[list[int]]  # B token lists, unpadded
+    prompt_selections: list[dict[str, np.ndarray]]  # B dicts: "question" / "user_message" ->
+    # bool [len(prompt_ids[b])] (prompts.encode_prompt; empty without tokenizer offsets)
     completion_tokens: np.ndarray  # [B, G, L] int32
     completion_mask: np.ndarray  # [B, G, L] bool
     sampling_logp: np.ndarray  # [B, G, L] log-probs of the distribution sampled from
@@ -145,19 +151,23 @@ class Sampler:
     pad_id: int
     unstack_layers: bool  # sampling.generate's per-layer decode loop
 
-    def encode(self, examples: list[dict[str, Any]]) -> list[list[int]]:
-        """Chat-formatted prompt token lists; raises on a prompt over ``max_prompt_len``."""
-        encoded = []
+    def encode(
+        self, examples: list[dict[str, Any]]
+    ) -> tuple[list[list[int]], list[dict[str, np.ndarray]]]:
+        """Chat-formatted prompt token lists and their question / user-message token masks
+        (``prompts.encode_prompt``); raises on a prompt over ``max_prompt_len``."""
+        ids, selections = [], []
         for example in examples:
-            text = self.task.format_prompt(example, self.tokenizer)
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            if len(ids) > self.max_prompt_len:
+            prompt = encode_prompt(self.task.render_prompt(example, self.tokenizer),
+                                   self.tokenizer)
+            if len(prompt.ids) > self.max_prompt_len:
                 raise ValueError(
-                    f"prompt of example {example.get('id')!r} has {len(ids)} tokens, more than "
-                    f"rollout.max_prompt_len={self.max_prompt_len}"
+                    f"prompt of example {example.get('id')!r} has {len(prompt.ids)} tokens, more "
+                    f"than rollout.max_prompt_len={self.max_prompt_len}"
                 )
-            encoded.append(list(ids))
-        return encoded
+            ids.append(prompt.ids)
+            selections.append(prompt.selections)
+        return ids, selections
 
     def sample(
         self,
@@ -170,7 +180,7 @@ class Sampler:
         max_new_tokens: int,
         strategy: sampling.SamplingStrategy,
     ) -> Groups:
-        prompt_ids = self.encode(examples)
+        prompt_ids, prompt_selections = self.encode(examples)
         tokens, mask = left_pad(prompt_ids, self.prompt_bucket, self.pad_id)
         generation = sampling.generate(
             self.model_config, params, tokens, mask, key, max_new_tokens=max_new_tokens,
@@ -190,7 +200,7 @@ class Sampler:
         flat_examples = [ex for ex in examples for _ in range(G)]
         report = verify_across_processes(self.task, flat_texts, flat_examples)
         return Groups(
-            examples=examples, prompt_ids=prompt_ids,
+            examples=examples, prompt_ids=prompt_ids, prompt_selections=prompt_selections,
             completion_tokens=host["tokens"], completion_mask=host["mask"],
             sampling_logp=host["sampling_logprobs"], sampling_entropy=host["sampling_entropy"],
             truncated_mass=host["truncated_mass"],
@@ -217,10 +227,13 @@ def prompt_and_completion_tokens(groups: Groups, bucket: int, pad_id: int) -> Ba
 
 @dataclasses.dataclass(frozen=True)
 class SamplingRounds:
-    """How dynamic sampling filled the batch: rounds drawn, mixed groups kept (at most B)."""
+    """How dynamic sampling filled the batch: rounds drawn, mixed groups kept (at most B), and
+    every group drawn before the filter (``None`` without dynamic sampling: the batch's groups
+    are all that was drawn)."""
 
     rounds: int
     mixed_groups_kept: int
+    sampled: Groups | None = None
 
 
 def sample_groups(
@@ -238,6 +251,7 @@ def sample_groups(
     strategy = sampling.SamplingStrategy(**rollout.sampling)
     kept: list[Groups] = []
     dropped: list[Groups] = []
+    drawn: list[Groups] = []
     rounds = 0
     while sum(len(g.examples) for g in kept) < B:
         examples, positions = stream.take(B)
@@ -250,6 +264,7 @@ def sample_groups(
         if not rollout.dynamic_sampling:
             kept.append(groups)
             break
+        drawn.append(groups)
         mixed = np.asarray(shaping.mixed_groups(groups.rewards))
         kept.append(groups.select(np.nonzero(mixed)[0]))
         dropped.append(groups.select(np.nonzero(~mixed)[0]))
@@ -257,7 +272,8 @@ def sample_groups(
             break
     num_mixed = sum(len(g.examples) for g in kept)
     groups = Groups.concatenate([g for g in kept + dropped if len(g.examples)])
-    return groups.select(np.arange(B)), SamplingRounds(rounds, min(num_mixed, B))
+    sampled = Groups.concatenate(drawn) if drawn else None
+    return groups.select(np.arange(B)), SamplingRounds(rounds, min(num_mixed, B), sampled)
 
 
 def shaped_rewards(groups: Groups, rollout: ml_collections.ConfigDict) -> np.ndarray:
@@ -286,7 +302,8 @@ def train_batch(
     of the same tempered distribution when ``rollout.old_logp_source == "sampler"``.
     Advantages come from ``config.advantage`` on ``rewards [B, G]``, with the log-prob
     statistics the estimator needs (``[B, G, L]`` response, ``[B, P]`` prompt), so ProGRPO's
-    confidences and LENS's ``π̄`` are of the tempered policy too.
+    confidences and LENS's ``π̄`` are of the tempered policy too; the prompt mask keeps the
+    tokens ``config.advantage.prompt_tokens`` selects.
     """
     B, G, L = groups.completion_tokens.shape
     N, T = tokens["tokens"].shape
@@ -297,14 +314,36 @@ def train_batch(
         "logp": old_logp.reshape(B, G, L),
         "response_mask": tokens["response_mask"].reshape(B, G, L),
         "prompt_logp": policy.logprobs[::G, :P],  # [B, P]
-        "prompt_mask": policy.mask[::G, :P],
     }
+    if "prompt_mask" in advantages.spec(config.advantage.estimator).inputs:
+        stats["prompt_mask"] = policy.mask[::G, :P] & prompt_token_mask(  # [B, P]
+            groups.prompt_ids, groups.prompt_selections, config.advantage.prompt_tokens, P)
     adv = np.asarray(advantages.compute(config.advantage.estimator, rewards, stats,
                                         **config.advantage.options), np.float32)
     batch = {**tokens, "old_logp": old_logp, "advantages": adv.reshape(N, *adv.shape[2:])}
     if reference_logp is not None:
         batch["ref_logp"] = reference_logp[:, P:]
     return batch
+
+
+def outcome_metrics(groups: Groups) -> dict[str, float]:
+    """Mean verifier reward, unbiased pass@k (``k = 1..G``), fractions of all-correct /
+    all-wrong / mixed groups and answer diversity of ``groups``."""
+    return {
+        **{k: float(v) for k, v in metrics.group_statistics(groups.rewards).items()},
+        **{f"pass@{k}": v for k, v in metrics.pass_at_k_curve(groups.rewards).items()},
+        **metrics.answer_diversity(groups.answers, groups.rewards),
+    }
+
+
+def sampled_and_kept(
+    figures: Callable[[Groups], dict[str, float]], groups: Groups, rounds: SamplingRounds
+) -> dict[str, float]:
+    """``figures`` of every group sampled and, when dynamic sampling filtered them, of the
+    kept ``groups`` (the train batch) under ``kept/``."""
+    if rounds.sampled is None:
+        return figures(groups)
+    return {**figures(rounds.sampled), **{f"kept/{k}": v for k, v in figures(groups).items()}}
 
 
 def rollout_metrics(
@@ -317,13 +356,15 @@ def rollout_metrics(
 ) -> dict[str, float]:
     """Figures of one rollout, from the host arrays alone.
 
-    Rewards, unbiased pass@k over the group, group fractions, answer diversity, response
-    lengths, full-vocabulary ``entropy`` of the current policy and the sampler's, the
-    sampled-token NLL (named as such), the sampler-vs-trainer log-prob gap, the mean
-    ``|advantage|``, verifier timeouts / crashes, dynamic-sampling rounds and the tokens seen.
-    The trainer's figures are at the sampling temperature, so ``entropy`` matches
-    ``sampling_entropy`` and the gap compares the two old log-probs ``rollout.old_logp_source``
-    chooses between (what enters the ratio); both differ only by numerics.
+    :func:`outcome_metrics` of every group sampled (before dynamic sampling's filter; those of
+    the kept groups under ``kept/`` when it filtered), the mean shaped reward of the train
+    batch (``kept/shaped_reward_mean`` when filtered), response lengths, full-vocabulary
+    ``entropy`` of the current policy and the sampler's, the sampled-token NLL (named as such),
+    the sampler-vs-trainer log-prob gap, the mean ``|advantage|``, verifier timeouts / crashes,
+    dynamic-sampling rounds (and ``sampled_groups``) and the tokens seen. The trainer's figures
+    are at the sampling temperature, so ``entropy`` matches ``sampling_entropy`` and the gap
+    compares the two old log-probs ``rollout.old_logp_source`` chooses between (what enters the
+    ratio).
     """
     L = groups.completion_tokens.shape[-1]
     N, T = batch["tokens"].shape
@@ -333,13 +374,11 @@ def rollout_metrics(
     gap = np.abs(groups.sampling_logp.reshape(N, L) - trainer_logp)[valid]
     lengths = groups.completion_mask.sum(-1)  # [B, G]
     masked_mean = lambda x, m: float(x[m].mean()) if m.any() else 0.0  # noqa: E731
+    filtered = rounds.sampled is not None
     return {
-        "reward_mean": float(groups.rewards.mean()),
-        "shaped_reward_mean": float(rewards.mean()),
-        **{f"pass@{k}": v for k, v in metrics.pass_at_k_curve(groups.rewards).items()},
-        **{k: float(v) for k, v in metrics.group_statistics(groups.rewards).items()
-           if k != "reward_mean"},
-        **metrics.answer_diversity(groups.answers, groups.rewards),
+        **sampled_and_kept(outcome_metrics, groups, rounds),
+        ("kept/" if filtered else "") + "shaped_reward_mean": float(rewards.mean()),
+        **({"sampled_groups": float(len(rounds.sampled.examples))} if filtered else {}),
         "response_length_mean": float(lengths.mean()),
         "response_length_max": float(lengths.max()),
         "frac_hit_max_tokens": float(np.mean((lengths == L) & ~_ends_with_eos(groups, eos_ids))),
@@ -371,7 +410,8 @@ def collect(
 
     Composes the pieces above around the two compiled functions (``sampler`` and
     ``logprob_fn``). For a ``mixture`` task the metrics also hold ``reward_mean/<component>``
-    and ``groups/<component>`` (see ``MixtureTask.group_metrics``).
+    and ``groups/<component>`` (see ``MixtureTask.group_metrics``), of every group sampled
+    and, under dynamic sampling, of the kept ones under ``kept/``.
     """
     groups, rounds = sample_groups(sampler, stream, params, key, config.rollout)
     tokens = prompt_and_completion_tokens(groups, sampler.prompt_bucket, sampler.pad_id)
@@ -386,7 +426,8 @@ def collect(
     rewards = shaped_rewards(groups, config.rollout)
     batch = train_batch(groups, tokens, policy, rewards, config, reference_logp)
     out = rollout_metrics(groups, batch, policy, rewards, rounds, sampler.eos_ids)
-    out.update(sampler.task.group_metrics(groups.examples, groups.rewards))
+    out.update(sampled_and_kept(lambda g: sampler.task.group_metrics(g.examples, g.rewards),
+                                groups, rounds))
     return batch, out, groups
 
 

@@ -56,7 +56,8 @@ def run(config: Any, workdir: str) -> dict[str, float]:
     Returns the metrics of the last step and of the final evaluation.
     """
     config_lib.validate(config)
-    tx, schedule = optimizer_lib.make_optimizer(**config.optim)
+    tx, schedule = optimizer_lib.make_optimizer(
+        optimizer_lib.updates_per_rl_step(config.batching), **config.optim)
     sharding.initialize_distributed()
     os.makedirs(workdir, exist_ok=True)
     main_process = jax.process_index() == 0
@@ -143,8 +144,7 @@ def run(config: Any, workdir: str) -> dict[str, float]:
                 scalars |= {
                     "time/step_seconds": seconds, "time/rollout_seconds": rollout_seconds,
                     "time/tokens_per_second": stats["tokens"] / seconds,
-                    "update/learning_rate": float(
-                        schedule(step * config.batching.mini_batches * config.batching.epochs)),
+                    "update/learning_rate": float(schedule(step)),
                 }
                 log.scalars(step + 1, scalars)
                 log.texts(step + 1, _sample_texts(groups, config.logging.num_sample_texts))

@@ -177,6 +177,75 @@ def test_lens_worked_value_mixed():
     )
 
 
+def test_lens_per_response_worked_value_all_wrong():
+    """The spec's all-wrong group with lengths [1, 2, 3, 2]: n_bar = 8 / 4 = 2, so each
+    response's per-token advantage is A_i * 2 / |o_i|; padding gets 0."""
+    pi = np.array([0.5, 0.4, 0.2, 0.1])
+    lengths = np.array([1, 2, 3, 2])
+    mask = (np.arange(4)[None, :] < lengths[:, None]).astype(np.float32)[None]  # [1, 4, 4]
+    logp = np.broadcast_to(np.log(pi)[None, :, None], (1, 4, 4)).astype(np.float32)
+    a = adv.lens(jnp.zeros((1, 4)), logp=logp, response_mask=mask,
+                 all_wrong_weighting="per_response")
+    per_token = 0.25 * np.array([-0.246528, -0.039931, 0.042824, 0.098958])
+    assert a.shape == (1, 4, 4)
+    np.testing.assert_allclose(a[0], per_token[:, None] * mask[0], atol=1e-6)
+
+
+def test_lens_per_response_under_token_mean_is_the_per_sequence_objective():
+    """All-wrong groups only: token_mean with the per-response advantages gives the same loss
+    and gradient as seq_mean_token_mean with the per-response-mean advantages (the paper's
+    alpha-weighted group objective), clipping included; with the default they differ."""
+    from rlvr_jax import losses
+
+    r, logp, mask, *_ = random_batch(7, B=3, G=4, L=6)
+    r[:] = 0.0
+    rng = np.random.default_rng(8)
+    logp_old = logp + rng.normal(scale=0.3, size=logp.shape).astype(np.float32)
+    per_seq = adv.lens(r, logp=logp_old, response_mask=mask)  # [B, G]
+    per_token = adv.lens(r, logp=logp_old, response_mask=mask,
+                         all_wrong_weighting="per_response")  # [B, G, L]
+
+    def loss(lp, advantages, aggregation):
+        return losses.policy_loss(lp, logp_old, advantages, mask, clip_high=0.28,
+                                  aggregation=aggregation)[0]
+
+    want = loss(logp, per_seq, "seq_mean_token_mean")
+    np.testing.assert_allclose(loss(logp, per_token, "token_mean"), want, rtol=1e-5)
+    grad = jax.grad(loss)
+    np.testing.assert_allclose(grad(jnp.asarray(logp), per_token, "token_mean"),
+                               grad(jnp.asarray(logp), per_seq, "seq_mean_token_mean"),
+                               rtol=1e-4, atol=1e-7)
+    assert abs(float(loss(logp, per_seq, "token_mean")) - float(want)) > 1e-3
+
+
+def test_lens_per_response_leaves_mixed_groups_alone():
+    r, logp, mask, *_ = random_batch(9)
+    per_seq = np.asarray(adv.lens(r, logp=logp, response_mask=mask))
+    per_token = np.asarray(adv.lens(r, logp=logp, response_mask=mask,
+                                    all_wrong_weighting="per_response"))
+    mixed = ~np.all(r <= 0, axis=1)
+    np.testing.assert_array_equal(per_token[mixed], (per_seq[..., None] * (mask > 0))[mixed])
+    with pytest.raises(ValueError, match=r"all_wrong_weighting='per_sequence'"):
+        adv.lens(r, logp=logp, response_mask=mask, all_wrong_weighting="per_sequence")
+
+
+def test_progrpo_on_overlong_shaped_rewards_by_hand():
+    """Shaped rewards v + R_len (overlong_coef 1). Group 0: the correct response keeps 0.75 > 0,
+    so ARM applies. Group 1: the correct response filled the budget (R_len = -1, shaped 0), so
+    no response counts as correct and the group gets GRPO on its shaped rewards only."""
+    r = np.array([[0.75, -0.5, 0.0, 0.0], [0.0, -0.5, 0.0, -1.0]], np.float32)
+    _, logp, mask, plogp, pmask = random_batch(11, B=2, G=4)
+    got = np.asarray(adv.progrpo(r, logp=logp, response_mask=mask, prompt_logp=plogp,
+                                 prompt_mask=pmask, alpha=0.5))
+    base = ref_grpo(r.astype(np.float64))
+    c_q = math.exp(plogp[0][pmask[0] > 0].mean())
+    bonus = [0.5 * (c_q - ref_confidence(logp[0, i], mask[0, i], 0.2, "low_tokens"))
+             for i in range(4)]
+    np.testing.assert_allclose(got[0], base[0] + bonus, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[1], base[1], rtol=1e-5, atol=1e-6)
+    assert np.ptp(base[1]) > 0  # the length penalty alone still orders the group
+
+
 def test_grpo_binary_closed_form_population_std():
     r = np.array([[1, 0, 0, 0], [1, 1, 1, 0], [1, 0, 1, 0]], np.float32)
     a = np.asarray(adv.grpo(r, std_ddof=0, eps=0.0))

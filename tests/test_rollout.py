@@ -21,6 +21,7 @@ from rlvr_jax import advantages, recipes, rollout, train
 from rlvr_jax import config as config_lib
 from rlvr_jax.config import base_config
 from rlvr_jax.logprobs import TokenLogprobs
+from rlvr_jax.tasks.prompts import BOXED_INSTRUCTION, prompt_token_mask
 
 MULTIDEVICE = pathlib.Path(__file__).parent / "multidevice"
 E2E = pathlib.Path(__file__).parent / "e2e"
@@ -29,7 +30,8 @@ EOS = 9
 
 def make_groups(rewards, lengths, prompt_ids=None, L=4, seed=0) -> rollout.Groups:
     """Groups with ``rewards [B, G]`` and completions of ``lengths [B, G]`` (token ``EOS``
-    last when shorter than ``L``), random log-probs and entropies."""
+    last when shorter than ``L``), random log-probs and entropies. The last prompt token is
+    the question, the last two the user message."""
     rewards = np.asarray(rewards, np.float32)
     lengths = np.asarray(lengths)
     B, G = rewards.shape
@@ -40,9 +42,13 @@ def make_groups(rewards, lengths, prompt_ids=None, L=4, seed=0) -> rollout.Group
     b, g = np.nonzero(ends)
     tokens[b, g, lengths[b, g] - 1] = EOS
     noise = lambda: np.where(mask, rng.normal(size=(B, G, L)), 0).astype(np.float32)  # noqa: E731
+    prompt_ids = prompt_ids or [[1, 2]] * B
     return rollout.Groups(
         examples=[{"id": f"q{i}", "question": "?", "answer": "1"} for i in range(B)],
-        prompt_ids=prompt_ids or [[1, 2]] * B,
+        prompt_ids=prompt_ids,
+        prompt_selections=[{"question": np.arange(len(ids)) >= len(ids) - 1,
+                            "user_message": np.arange(len(ids)) >= len(ids) - 2}
+                           for ids in prompt_ids],
         completion_tokens=tokens, completion_mask=mask,
         sampling_logp=-np.abs(noise()), sampling_entropy=np.abs(noise()),
         truncated_mass=np.zeros((B, G, L), np.float32),
@@ -86,6 +92,13 @@ class FakeSampler:
         return make_groups(rewards, [[2, 2]] * len(positions))
 
 
+class CountingTask:
+    """A task whose only figures are how many groups it saw and their mean reward."""
+
+    def group_metrics(self, examples, rewards):
+        return {"groups/all": float(len(examples)), "reward_mean/all": float(rewards.mean())}
+
+
 class FakeStream:
     def __init__(self):
         self.position = 0
@@ -118,6 +131,44 @@ def test_dynamic_sampling_keeps_mixed_groups_and_fills_up_with_dropped_ones():
     np.testing.assert_array_equal(groups.rewards, [[1, 0], [1, 1]])
 
 
+def test_outcome_metrics_describe_every_sampled_group_and_the_kept_ones_apart():
+    """Positions 0..3 are drawn in two rounds, rewards [1, 0], [1, 1], [1, 1], [1, 0]; dynamic
+    sampling keeps the two mixed groups. Unprefixed figures describe all four, kept/ the two."""
+    config = base_config()
+    config.rollout.prompts_per_step, config.rollout.group_size = 2, 2
+    config.rollout.dynamic_sampling = True
+    sampler = FakeSampler()
+    sampler.prompt_bucket, sampler.pad_id, sampler.eos_ids = 2, 0, (EOS,)
+    sampler.task = CountingTask()
+
+    def logprob_fn(params, tokens, attention_mask):
+        rng = np.random.default_rng(0)
+        logp = -np.abs(rng.normal(size=tokens.shape)).astype(np.float32)
+        return TokenLogprobs(logp, np.abs(logp), np.asarray(attention_mask, bool))
+
+    _, out, groups = rollout.collect(sampler, FakeStream(), None, jax.random.key(0),
+                                     config, logprob_fn)
+    np.testing.assert_array_equal(groups.rewards, [[1, 0], [1, 0]])
+    expected = {
+        "reward_mean": 0.75, "kept/reward_mean": 0.5,
+        "frac_all_correct": 0.5, "kept/frac_all_correct": 0.0,
+        "frac_mixed": 0.5, "kept/frac_mixed": 1.0,
+        "frac_all_wrong": 0.0, "kept/frac_all_wrong": 0.0,
+        "pass@1": 0.75, "kept/pass@1": 0.5, "pass@2": 1.0, "kept/pass@2": 1.0,
+        "distinct_answers": 1.5, "kept/distinct_answers": 2.0,
+        "kept/shaped_reward_mean": 0.5, "sampled_groups": 4.0, "sampling_rounds": 2.0,
+        "groups/all": 4.0, "kept/groups/all": 2.0,
+        "reward_mean/all": 0.75, "kept/reward_mean/all": 0.5,
+    }
+    assert {key: out[key] for key in expected} == expected
+    assert "shaped_reward_mean" not in out  # shaped rewards exist for the train batch only
+    config.rollout.dynamic_sampling = False  # nothing filtered: nothing to tell apart
+    _, out, _ = rollout.collect(sampler, FakeStream(), None, jax.random.key(0), config,
+                                logprob_fn)
+    assert not any(key.startswith("kept/") for key in out) and "sampled_groups" not in out
+    assert (out["reward_mean"], out["shaped_reward_mean"], out["groups/all"]) == (0.75, 0.75, 2)
+
+
 def policy_for(groups, P=2, seed=1) -> TokenLogprobs:
     """Host log-probs ``[N, P + L]`` as the log-prob function returns them."""
     B, G, L = groups.completion_tokens.shape
@@ -146,17 +197,70 @@ def test_train_batch_takes_old_logprobs_and_grpo_advantages(source):
     np.testing.assert_allclose(batch["advantages"], grpo.reshape(6), rtol=1e-5)
 
 
-def test_train_batch_gives_progrpo_the_prompt_rows_of_each_group():
+@pytest.mark.parametrize("selection, counted", [
+    ("question", [[0, 0, 0, 1], [0, 0, 0, 1]]),
+    ("user_message", [[0, 0, 1, 1], [0, 0, 1, 1]]),
+    ("templated_prompt", [[0, 1, 1, 1], [0, 0, 1, 1]]),
+])
+def test_train_batch_gives_progrpo_the_selected_prompt_tokens_of_each_group(selection, counted):
     config = recipes.apply_variant(base_config(), "progrpo")
-    groups = make_groups([[1, 0], [0, 1]], [[4, 2], [3, 4]])
-    tokens = rollout.prompt_and_completion_tokens(groups, bucket=2, pad_id=0)
-    policy = policy_for(groups)
+    config.advantage.prompt_tokens = selection
+    groups = make_groups([[1, 0], [0, 1]], [[4, 2], [3, 4]], prompt_ids=[[5, 6, 7], [8, 9]])
+    tokens = rollout.prompt_and_completion_tokens(groups, bucket=4, pad_id=0)
+    policy = policy_for(groups, P=4)
+    policy.mask[2:, 1] = False  # the second prompt's padding
     batch = rollout.train_batch(groups, tokens, policy, groups.rewards, config)
     expected = advantages.progrpo(
-        groups.rewards, logp=policy.logprobs[:, 2:].reshape(2, 2, 4),
+        groups.rewards, logp=policy.logprobs[:, 4:].reshape(2, 2, 4),
         response_mask=groups.completion_mask.astype(np.float32),
-        prompt_logp=policy.logprobs[[0, 2], :2], prompt_mask=policy.mask[[0, 2], :2])
+        prompt_logp=policy.logprobs[[0, 2], :4], prompt_mask=np.asarray(counted, bool))
     np.testing.assert_allclose(batch["advantages"], np.asarray(expected).reshape(4), rtol=1e-6)
+
+
+def test_prompt_selection_without_tokenizer_offsets_is_a_clear_error():
+    config = recipes.apply_variant(base_config(), "progrpo")
+    groups = make_groups([[1, 0]], [[4, 2]])
+    groups.prompt_selections = [{}]  # what a tokenizer without offsets gives
+    tokens = rollout.prompt_and_completion_tokens(groups, bucket=2, pad_id=0)
+    policy = policy_for(groups)
+    with pytest.raises(ValueError, match=r"prompt_tokens='question' needs the tokenizer's "
+                                         r"character offsets.*'templated_prompt'"):
+        rollout.train_batch(groups, tokens, policy, groups.rewards, config)
+    config.advantage.prompt_tokens = "templated_prompt"
+    rollout.train_batch(groups, tokens, policy, groups.rewards, config)
+    rollout.train_batch(groups, tokens, policy, groups.rewards, base_config())  # grpo: unused
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from rlvr_jax import models
+
+    return models.load_tokenizer("smollm2-135m-instruct")
+
+
+@pytest.mark.parametrize("selection", ["question", "user_message", "templated_prompt"])
+def test_sampler_prompts_select_the_question_the_user_message_or_everything(smollm2,
+                                                                            selection):
+    """Through Sampler.encode, Groups and the left-padded [B, P] mask, on SmolLM2's template."""
+    from rlvr_jax.tasks import PromptFormat, Task
+
+    task = Task("t", load_split=None, verifier=None, prompt_format=PromptFormat())
+    sampler = rollout.Sampler(None, smollm2, task, max_prompt_len=256, prompt_bucket=64,
+                              length_bucket=64, eos_ids=(2,), pad_id=2, unstack_layers=False)
+    examples = [{"id": 0, "question": "What is 12 + 30?"},
+                {"id": 1, "question": "Name the largest prime below 100."}]
+    prompt_ids, selections = sampler.encode(examples)
+    groups = make_groups([[1, 0], [0, 1]], [[4, 2], [3, 4]], prompt_ids=prompt_ids)
+    groups.prompt_selections = selections
+    P = rollout.prompt_and_completion_tokens(groups, 64, pad_id=2)["tokens"].shape[1] - 4
+    mask = prompt_token_mask(groups.prompt_ids, groups.prompt_selections, selection, P)
+    for row, example in enumerate(examples):
+        ids = np.asarray(prompt_ids[row])
+        text = smollm2.decode(np.pad(ids, (P - len(ids), 0))[mask[row]])
+        expected = {"question": example["question"],
+                    "user_message": f"{example['question']}\n\n{BOXED_INSTRUCTION}",
+                    "templated_prompt": task.format_prompt(example, smollm2)}[selection]
+        assert text == expected
 
 
 def test_rollout_metrics_by_hand():

@@ -202,9 +202,22 @@ def test_validate_names_bad_values():
     config.batching.epochs = 0
     with pytest.raises(ValueError, match=r"batching\.epochs must be >= 1"):
         config_lib.validate(config)
-    config = recipes.apply_variant(config_lib.base_config(), "asym_grpo")
+    for estimator in ("asym_grpo", "lens"):  # binary-reward estimators refuse shaped rewards
+        config = recipes.apply_variant(config_lib.base_config(), estimator)
+        config.rollout.overlong_buffer = 16
+        with pytest.raises(ValueError, match=rf"'{estimator}' requires binary rewards"):
+            config_lib.validate(config)
+    config = recipes.apply_variant(config_lib.base_config(), "progrpo")
     config.rollout.overlong_buffer = 16
-    with pytest.raises(ValueError, match="requires binary rewards"):
+    config_lib.validate(config)  # ProGRPO documents its reading of a shaped reward
+    config.advantage.prompt_tokens = "system_prompt"
+    with pytest.raises(ValueError, match=r"advantage\.prompt_tokens='system_prompt'.*question"):
+        config_lib.validate(config)
+    config = recipes.apply_variant(config_lib.base_config(), "lens")
+    config.advantage.options.all_wrong_weighting = "per_response"
+    config_lib.validate(config)  # token_mean: the paper's per-response reading, exactly
+    config.loss.aggregation = "seq_mean_token_mean"
+    with pytest.raises(ValueError, match=r"'per_response'.*divides by it again"):
         config_lib.validate(config)
     config = config_lib.base_config()
     config.rollout.group_size = 3
@@ -230,7 +243,8 @@ def test_other_variants_run_end_to_end(tmp_path, model_dir, variant):
         if variant == "dapo_recipe":  # dynamic sampling: rounds bounded, kept groups counted
             assert 1 <= row["train/sampling_rounds"] <= 2
             assert 0 <= row["train/mixed_groups_kept"] <= config.rollout.prompts_per_step
-            assert row["train/shaped_reward_mean"] <= row["train/reward_mean"]
+            assert row["train/kept/shaped_reward_mean"] <= row["train/kept/reward_mean"]
+            assert row["train/sampled_groups"] >= config.rollout.prompts_per_step
     assert "eval/pass@1" in last
 
 

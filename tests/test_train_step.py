@@ -237,3 +237,28 @@ def test_eight_devices_match_one_device():
         assert diffs["loss_diff"] < 1e-5, (mesh_name, diffs)
         assert diffs["grad_norm_diff"] < 1e-5, (mesh_name, diffs)
         assert diffs["param_diff"] < 1e-6, (mesh_name, diffs)
+
+
+def test_warmup_counts_rl_steps_not_optimizer_updates():
+    """4 updates per RL step, 10 warm-up RL steps: every update of RL step s moves an SGD
+    parameter with gradient 1 by lr(s) = s / 10 (peak 1 from s = 10), so halfway at s = 5."""
+    tx, schedule = optim.make_optimizer(4, name="sgd", learning_rate=1.0, warmup_steps=10,
+                                        grad_clip_norm=0)
+    params = jnp.zeros(())
+    state = tx.init(params)
+    moves = []
+    for _ in range(48):  # 12 RL steps
+        updates, state = tx.update(jnp.ones(()), state, params)
+        moves.append(-float(updates))
+    per_step = np.asarray(moves).reshape(12, 4)
+    np.testing.assert_allclose(per_step, np.repeat(np.arange(12)[:, None] / 10, 4, 1).clip(max=1),
+                               rtol=1e-6)
+    assert float(schedule(5)) == 0.5 and float(schedule(10)) == float(schedule(11)) == 1.0
+    with pytest.raises(ValueError, match="updates_per_step must be >= 1"):
+        optim.make_optimizer(0)
+
+
+def test_updates_per_rl_step_reads_the_batching_section():
+    config = run_config({"batching.mini_batches": 4, "batching.epochs": 2})
+    assert optim.updates_per_rl_step(config.batching) == 8
+    assert "updates_per_step" not in config.optim  # the trainer passes it; not an optim key

@@ -45,6 +45,7 @@ import numpy as np
 
 from rlvr_jax.rewards.verification import Status, Verification
 from rlvr_jax.tasks.order import RandomAccessSource
+from rlvr_jax.tasks.prompts import RenderedPrompt
 from rlvr_jax.tasks.registry import get
 from rlvr_jax.tasks.task import Task
 
@@ -225,9 +226,9 @@ class MixtureTask(Task):
         """The component task ``example`` belongs to (by its ``"task"`` label)."""
         return self.components[label_of(example, list(self.components))]
 
-    def format_prompt(self, example: dict[str, Any], tokenizer: Any = None) -> str:
+    def render_prompt(self, example: dict[str, Any], tokenizer: Any = None) -> RenderedPrompt:
         """The prompt in the format of the example's component."""
-        return self.component_of(example).format_prompt(example, tokenizer)
+        return self.component_of(example).render_prompt(example, tokenizer)
 
     def extract_answer(self, completion: str, example: dict[str, Any] | None = None) -> str | None:
         """The final answer by the extractor of ``example``'s component (required here)."""

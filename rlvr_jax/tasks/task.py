@@ -11,7 +11,7 @@ import numpy as np
 
 from rlvr_jax.rewards.verification import Verification, Verifier
 from rlvr_jax.tasks.order import RandomAccessSource, epoch_order, iterate_examples
-from rlvr_jax.tasks.prompts import PromptFormat, format_prompt
+from rlvr_jax.tasks.prompts import PromptFormat, RenderedPrompt, render_prompt
 
 
 @dataclasses.dataclass
@@ -25,7 +25,7 @@ class Task:
       verifier: checks completions against references (``rlvr_jax.rewards.Verifier``); its
         ``extract`` gives a completion's final answer.
       prompt_format: instruction and system prompt of this task (None for a task whose
-        examples carry their own format, like a mixture, which overrides ``format_prompt``).
+        examples carry their own format, like a mixture, which overrides ``render_prompt``).
       reference: ``example -> reference`` the verifier checks against (default: its answer).
       timeouts, crashes: totals over every ``verify`` call of this task.
     """
@@ -66,9 +66,14 @@ class Task:
         """Endless seeded, host-sharded examples (see ``tasks.order.iterate_examples``)."""
         return iterate_examples(self.source(split), seed, **kwargs)
 
+    def render_prompt(self, example: dict[str, Any], tokenizer: Any = None) -> RenderedPrompt:
+        """The chat-formatted prompt of ``example`` (plain text when ``tokenizer`` is None) and
+        the character spans of its question and user message (``prompts.render_prompt``)."""
+        return render_prompt(example["question"], self.prompt_format, tokenizer)
+
     def format_prompt(self, example: dict[str, Any], tokenizer: Any = None) -> str:
         """The chat-formatted prompt of ``example`` (plain text when ``tokenizer`` is None)."""
-        return format_prompt(example["question"], self.prompt_format, tokenizer)
+        return self.render_prompt(example, tokenizer).text
 
     def extract_answer(self, completion: str, example: dict[str, Any] | None = None) -> str | None:
         """The final answer (math, procedural) or code (code tasks) of a completion.
