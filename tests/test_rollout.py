@@ -141,7 +141,7 @@ def test_outcome_metrics_describe_every_sampled_group_and_the_kept_ones_apart():
     sampler.prompt_bucket, sampler.pad_id, sampler.eos_ids = 2, 0, (EOS,)
     sampler.task = CountingTask()
 
-    def logprob_fn(params, tokens, attention_mask):
+    def logprob_fn(params, tokens, attention_mask, *, temperature):
         rng = np.random.default_rng(0)
         logp = -np.abs(rng.normal(size=tokens.shape)).astype(np.float32)
         return TokenLogprobs(logp, np.abs(logp), np.asarray(attention_mask, bool))
