@@ -19,7 +19,10 @@ RL-Groups via Confidence Reweighting", arXiv 2510.08696 (v1). What this recipe t
 * the method and the model: LENS against a GRPO baseline on Qwen-2.5-3B, evaluated on MATH
   (abstract);
 * LENS's all-wrong-group scale ``alpha = 0.25`` (the ``lens`` variant), as the project's
-  specification reads the paper's practical algorithm (``shared/docs/estimators.md``).
+  specification reads the paper's practical algorithm (``shared/docs/estimators.md``), with
+  each response of an all-wrong group counted once (``all_wrong_weighting="per_response"``,
+  the paper's per-sequence average; under this recipe's ``token_mean`` loss the default
+  ``"loss"`` would let long responses dominate the group's push).
 
 Not stated in what could be read of the paper: the copy available to this project holds the
 abstract and the opening of the introduction only, so its experimental settings could not be
@@ -56,4 +59,7 @@ def get_config(variant: str = "lens"):
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; this recipe has {VARIANTS}")
     config = math_rl_config("qwen2.5-3b", "mixture", "math500", task_options=train_mixture())
-    return apply_variant(config, variant)
+    apply_variant(config, variant)
+    if variant == "lens":  # the paper's per-sequence average on all-wrong groups
+        config.advantage.options.all_wrong_weighting = "per_response"
+    return config
