@@ -40,7 +40,10 @@ The other sections (their keys are documented where they are read)::
     checkpoint: save_every_steps, keep_last, async_save (directory: <workdir>/checkpoints)
     eval:       every_steps (0: only at the end), at_start, num_prompts, samples_per_prompt,
                 sampling, max_new_tokens (None: rollout's), task ("": the training task),
-                task_options; evaluated on ``task.eval_split``
+                task_options; evaluated on ``task.eval_split``; seed (picks the prompts and
+                the sampling key, apart from the run's seed, so runs that differ in seed or
+                estimator are evaluated on the same prompts), allow_train_overlap (False: a
+                run whose evaluation prompts occur in the training split stops with an error)
     logging:    tensorboard, wandb, wandb_project, num_sample_texts
 """
 
@@ -152,6 +155,8 @@ def base_config() -> ml_collections.ConfigDict:
         "max_new_tokens": placeholder(int),
         "task": "",
         "task_options": ml_collections.ConfigDict(),
+        "seed": 0,
+        "allow_train_overlap": False,
     })
     config.logging = ml_collections.ConfigDict({
         "tensorboard": True,

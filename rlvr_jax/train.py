@@ -37,6 +37,7 @@ from rlvr_jax import (
 from rlvr_jax import config as config_lib
 from rlvr_jax import optimizer as optimizer_lib
 from rlvr_jax import train_step as train_step_lib
+from rlvr_jax.tasks import splits
 
 
 def _sample_texts(groups: rollout.Groups, count: int) -> dict[str, str]:
@@ -48,6 +49,21 @@ def _sample_texts(groups: rollout.Groups, count: int) -> dict[str, str]:
             f"REWARD: {groups.rewards[i, 0]:.0f}\nCOMPLETION: {groups.texts[i][0]}"
         )
     return texts
+
+
+def held_out_report(eval_examples: list[dict[str, Any]], task: tasks.Task,
+                    config: Any) -> splits.OverlapReport:
+    """Compares the evaluation prompts with the training split (printed on stderr); raises
+    ValueError when some occur in it, unless ``eval.allow_train_overlap``: pass@k on training
+    questions measures recall, not generalisation, so a comparison must opt in to it."""
+    report = splits.overlap_report(eval_examples, task, config.task.train_split)
+    if report.in_train and not config.eval.allow_train_overlap:
+        raise ValueError(f"{report}: the evaluation would not be held out; choose an eval task "
+                         "or split without training questions, or set "
+                         "eval.allow_train_overlap=True to evaluate on them anyway")
+    if jax.process_index() == 0:
+        print(report if not report.in_train else f"WARNING: {report}", file=sys.stderr)
+    return report
 
 
 def run(config: Any, workdir: str) -> dict[str, float]:
@@ -95,17 +111,19 @@ def run(config: Any, workdir: str) -> dict[str, float]:
     if config.eval.task:
         eval_task = tasks.get(config.eval.task, **config.eval.task_options.to_dict())
     eval_sampler = dataclasses.replace(sampler, task=eval_task)
-    eval_examples = eval_task.examples(config.task.eval_split, seed=config.seed,
+    eval_examples = eval_task.examples(config.task.eval_split, seed=config.eval.seed,
                                        n=config.eval.num_prompts)
+    overlap = held_out_report(eval_examples, task, config)
     eval_tokens = config.eval.max_new_tokens or config.rollout.max_new_tokens
     rollout_key = jax.random.fold_in(jax.random.key(config.seed), 1)
-    eval_key = jax.random.fold_in(jax.random.key(config.seed), 2)
+    eval_key = jax.random.fold_in(jax.random.key(config.eval.seed), 2)
 
     def run_eval(step: int, log: metric_writer.MetricWriter) -> dict[str, float]:
         results, groups = evaluation.evaluate(
             eval_sampler, state.params, eval_examples, eval_key, config.eval, eval_tokens,
             batch_prompts=config.rollout.prompts_per_step)
         scalars = {f"eval/{k}": v for k, v in results.items()}
+        scalars["eval/prompts_in_train"] = float(overlap.in_train)
         log.scalars(step, scalars)
         log.texts(step, {f"eval_{k}": v for k, v in _sample_texts(groups, 1).items()})
         return scalars

@@ -11,12 +11,13 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 import toy
 
 from rlvr_jax import config as config_lib
-from rlvr_jax import recipes, train
+from rlvr_jax import recipes, tasks, train
 
 E2E = pathlib.Path(__file__).parent / "e2e"
 
@@ -265,3 +266,69 @@ def test_command_lines_in_recipe_docstrings_parse(path, monkeypatch):
     flag_values(argv)
     assert len(overrides) >= ("math" in path)
     config_lib.validate(flag_values.config)
+
+
+def evaluated_prompts(monkeypatch, config, workdir):
+    """The example ids and key of the run's evaluation at step 0 (no training step)."""
+    seen = []
+
+    def record(sampler, params, examples, key, *args, **kwargs):
+        seen.append(([example["id"] for example in examples], jax.random.key_data(key)))
+        return {"pass@1": 0.0}, None
+
+    monkeypatch.setattr(train.evaluation, "evaluate", record)
+    monkeypatch.setattr(train, "_sample_texts", lambda groups, count: {})
+    config.total_steps, config.eval.at_start = 0, True
+    config.logging.tensorboard = False
+    train.run(config, str(workdir))
+    (prompts, key), = seen
+    return prompts, np.asarray(key)
+
+
+def test_runs_of_any_seed_and_estimator_evaluate_the_same_prompts(tmp_path, model_dir,
+                                                                   monkeypatch):
+    toy.register()
+    runs = []
+    for seed, variant in [(0, "grpo"), (1, "grpo"), (2, "progrpo")]:
+        config = recipes.apply_variant(toy.toy_config(model_dir), variant)
+        config.seed = seed
+        runs.append(evaluated_prompts(monkeypatch, config, tmp_path / f"{seed}"))
+    (prompts, key), *others = runs
+    assert len(prompts) == 8
+    for other_prompts, other_key in others:
+        assert other_prompts == prompts
+        np.testing.assert_array_equal(other_key, key)
+    config = toy.toy_config(model_dir)
+    config.eval.seed = 5
+    assert evaluated_prompts(monkeypatch, config, tmp_path / "eval_seed")[0] != prompts
+
+
+def test_run_refuses_evaluation_prompts_from_the_training_split(tmp_path, model_dir):
+    toy.register()
+    config = toy.toy_config(model_dir)
+    config.eval.allow_train_overlap = False  # the toy task's splits hold the same questions
+    with pytest.raises(ValueError, match=r"evaluation set: 8 prompts, 3 distinct questions, 8 of "
+                                         r"the prompts in the training split toy_first_letter/"
+                                         r"train.*eval\.allow_train_overlap=True"):
+        train.run(config, str(tmp_path / "run"))
+
+
+def test_held_out_report_compares_another_eval_task_with_the_training_split(capsys):
+    sums = dict(min_terms=2, max_terms=2, min_digits=1, max_digits=1, operators=("+",),
+                allow_negation=False, allow_parentheses=False, size=200, num_workers=1)
+    task = tasks.get("basic_arithmetic", **sums)
+    unspaced = tasks.get("rg:basic_arithmetic", whitespace="no_space", **sums)
+    config = config_lib.base_config()
+    for split in ("test", "train"):  # "Calculate 3+4." is the training question "3 + 4"
+        examples = unspaced.examples(split, n=16)
+        training = {e["question"].replace(" ", "") for e in task.examples("train")}
+        in_train = sum(e["question"].replace(" ", "") in training for e in examples)
+        assert in_train == (16 if split == "train" else 0)
+        if in_train:
+            with pytest.raises(ValueError, match="16 of the prompts in the training split "
+                                                 "basic_arithmetic/train"):
+                train.held_out_report(examples, task, config)
+            config.eval.allow_train_overlap = True
+        report = train.held_out_report(examples, task, config)
+        assert report.in_train == in_train
+        assert ("WARNING" in capsys.readouterr().err) == bool(in_train)

@@ -11,6 +11,8 @@ The interface the RL loop uses::
     verification = task.verify(completions, examples)  # .rewards [N] float32 in {0, 1},
                                                        # .statuses, .timeouts, .crashes, ...
     task.extract_answer(completion, example)         # final answer string (or code) or None
+    task.questions_in("train", questions)            # those of the questions that occur in
+                                                     # train (by canonical text)
     task.timeouts, task.crashes                      # running totals over all verify calls
     task.close()                                     # stops the verifier's worker processes
 
@@ -20,8 +22,10 @@ example repeated ``G`` times and reshape the rewards to ``[B, G]``.
 Task names: ``names()`` (see ``registry.py``); ``register(name, factory)`` adds one.
 ``mixture`` trains on several tasks at once, interleaved by weight (see ``mixture.py``).
 This package joins ``rlvr_jax.data`` (where examples come from) and ``rlvr_jax.rewards``
-(verifiers), which do not import each other; ``order.py`` is the deterministic example order
-and ``prompts.py`` the prompt format.
+(verifiers), which do not import each other; ``order.py`` is the deterministic example order,
+``prompts.py`` the prompt format and ``splits.py`` the held-out splits (procedural tasks
+split train and test by a hash of the question, so no test question occurs in train) and the
+overlap report of an evaluation set.
 """
 
 from rlvr_jax.tasks.mixture import MixtureTask, mixture_task

@@ -236,6 +236,12 @@ class MixtureTask(Task):
             return self.verifier.extract(completion)  # raises: the example is required
         return self.component_of(example).extract_answer(completion, example)
 
+    def questions_in(self, split: str, questions: Sequence[str]) -> set[str]:
+        """The ``questions`` that occur in ``split`` of any component (each component's own
+        check; the mixture's positions are never enumerated)."""
+        return set().union(*(task.questions_in(split, questions)
+                             for task in self.components.values()))
+
     def group_metrics(self, examples: Sequence[Mapping[str, Any]],
                       rewards: np.ndarray) -> dict[str, float]:
         """Per component: ``groups/<label>`` (how many of the ``B`` groups are its) and, when

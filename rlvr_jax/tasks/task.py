@@ -12,6 +12,7 @@ import numpy as np
 from rlvr_jax.rewards.verification import Verification, Verifier
 from rlvr_jax.tasks.order import RandomAccessSource, epoch_order, iterate_examples
 from rlvr_jax.tasks.prompts import PromptFormat, RenderedPrompt, render_prompt
+from rlvr_jax.tasks.splits import canonical_question, split_questions
 
 
 @dataclasses.dataclass
@@ -27,6 +28,9 @@ class Task:
       prompt_format: instruction and system prompt of this task (None for a task whose
         examples carry their own format, like a mixture, which overrides ``render_prompt``).
       reference: ``example -> reference`` the verifier checks against (default: its answer).
+      split_of: ``question -> split`` for a task whose splits are chosen by question
+        (procedural tasks, ``tasks.splits``); None when a question's split is not known
+        without reading the split.
       timeouts, crashes: totals over every ``verify`` call of this task.
     """
 
@@ -35,15 +39,28 @@ class Task:
     verifier: Verifier
     prompt_format: PromptFormat | None
     reference: Callable[[dict[str, Any]], Any] = operator.itemgetter("answer")
+    split_of: Callable[[str], str] | None = None
     timeouts: int = 0
     crashes: int = 0
     _sources: dict[str, RandomAccessSource] = dataclasses.field(default_factory=dict)
+    _questions: dict[str, frozenset[str]] = dataclasses.field(default_factory=dict)
 
     def source(self, split: str) -> RandomAccessSource:
         """Random-access examples of ``split`` (loaded once)."""
         if split not in self._sources:
             self._sources[split] = self.load_split(split)
         return self._sources[split]
+
+    def questions_in(self, split: str, questions: Sequence[str]) -> set[str]:
+        """The ``questions`` (as given) that occur in ``split``, compared by canonical text
+        (``tasks.splits.canonical_question``). The split's questions are read once, and only
+        when a question could be in it (by ``split_of``)."""
+        candidates = [q for q in questions if self.split_of is None or self.split_of(q) == split]
+        if not candidates:
+            return set()
+        if split not in self._questions:
+            self._questions[split] = split_questions(self.source(split))
+        return {q for q in candidates if canonical_question(q) in self._questions[split]}
 
     def examples(
         self,

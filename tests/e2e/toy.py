@@ -102,6 +102,7 @@ def toy_config(model_dir: str):
     config.eval.at_start = False
     config.eval.num_prompts = 8
     config.eval.samples_per_prompt = 4
+    config.eval.allow_train_overlap = True  # both splits are the same three questions
     config.checkpoint.save_every_steps = 2
     config.logging.num_sample_texts = 1
     return apply_variant(config, os.environ.get("TOY_VARIANT", "grpo"))
