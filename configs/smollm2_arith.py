@@ -26,9 +26,9 @@ distinct test questions), ``a + b`` with one or two digits 0.16 (this task), sin
 
 The learning rate, 1.5e-5, was chosen on the earlier single-digit task (whose evaluation
 questions all occurred in training) and not re-tuned for this one: it was the larger of two
-that kept pass@1 rising to step 20 there; at 3e-5 one run's entropy collapsed to 0.07 by step 12 and its
-pass@1 fell from 0.75 at step 10 to 0.44 at step 20, an example of the collapse the project
-studies.
+that kept pass@1 rising to step 20 there; at 3e-5 one run's entropy collapsed to 0.07 by step
+12 and its pass@1 fell from 0.75 at step 10 to 0.44 at step 20, an example of the collapse
+the project studies.
 """
 
 from rlvr_jax.config import base_config
