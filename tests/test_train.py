@@ -172,59 +172,47 @@ def test_cli_rejects_a_typo_before_loading_anything(tmp_path, model_dir):
     assert not (tmp_path / "run").exists()
 
 
-def test_validate_names_bad_values():
-    config = config_lib.base_config()
-    config.advantage.estimator = "grpoo"
-    with pytest.raises(ValueError, match="unknown advantage estimator 'grpoo'"):
+BAD_VALUES = [  # (variant, {"section.key": value}, message)
+    ("grpo", {"advantage.estimator": "grpoo"}, "unknown advantage estimator 'grpoo'"),
+    ("progrpo", {"advantage.options": {"alhpa": 1.0}},
+     r"advantage\.options\.alhpa' for progrpo; did you mean advantage\.options\.alpha"),
+    # grpo's options left behind by a bare estimator change: the message names the way out
+    ("grpo", {"advantage.estimator": "asym_grpo"},
+     r"options\.eps' for asym_grpo.*a recipe variant"),
+    ("grpo", {"loss.dual_clip": 0.5}, r"loss\.dual_clip must be > 1"),
+    ("grpo", {"optim.name": "lion"}, r"optim\.name='lion'"),
+    ("grpo", {"eval.sampling.top_p": 0.0}, r"top_p must be in \(0, 1\]"),
+    ("grpo", {"batching.epochs": 0}, r"batching\.epochs must be >= 1"),
+    # binary-reward estimators refuse shaped rewards
+    ("asym_grpo", {"rollout.overlong_buffer": 16}, r"'asym_grpo' requires binary rewards"),
+    ("lens", {"rollout.overlong_buffer": 16}, r"'lens' requires binary rewards"),
+    ("progrpo", {"advantage.prompt_tokens": "system_prompt"},
+     r"advantage\.prompt_tokens='system_prompt'.*question"),
+    ("lens", {"advantage.options.all_wrong_weighting": "per_response",
+              "loss.aggregation": "seq_mean_token_mean"}, r"'per_response'.*divides by it again"),
+    ("grpo", {"rollout.group_size": 3, "batching.micro_batches": 16}, "do not split"),
+]
+
+
+@pytest.mark.parametrize(("variant", "overrides", "message"), BAD_VALUES)
+def test_validate_names_bad_values(variant, overrides, message):
+    config = recipes.apply_variant(config_lib.base_config(), variant)
+    for key, value in overrides.items():
+        if key == "advantage.options":  # a whole (locked) options dictionary replaced
+            config.advantage.options = value
+        else:
+            config.update_from_flattened_dict({key: value})
+    with pytest.raises(ValueError, match=message):
         config_lib.validate(config)
-    config = config_lib.base_config()
-    config.advantage.options = {"alhpa": 1.0}
-    config.advantage.estimator = "progrpo"
-    with pytest.raises(ValueError, match=r"advantage\.options\.alhpa' for progrpo; did you mean "
-                                         r"advantage\.options\.alpha"):
-        config_lib.validate(config)
-    config = config_lib.base_config()
-    config.advantage.estimator = "asym_grpo"  # grpo's options left behind: name the way out
-    with pytest.raises(ValueError, match=r"options\.eps' for asym_grpo.*a recipe variant"):
-        config_lib.validate(config)
-    config = config_lib.base_config()
-    config.loss.dual_clip = 0.5
-    with pytest.raises(ValueError, match=r"loss\.dual_clip must be > 1"):
-        config_lib.validate(config)
-    config = config_lib.base_config()
-    config.optim.name = "lion"
-    with pytest.raises(ValueError, match=r"optim\.name='lion'"):
-        config_lib.validate(config)
-    config = config_lib.base_config()
-    config.eval.sampling.top_p = 0.0
-    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
-        config_lib.validate(config)
-    config = config_lib.base_config()
-    config.batching.epochs = 0
-    with pytest.raises(ValueError, match=r"batching\.epochs must be >= 1"):
-        config_lib.validate(config)
-    for estimator in ("asym_grpo", "lens"):  # binary-reward estimators refuse shaped rewards
-        config = recipes.apply_variant(config_lib.base_config(), estimator)
-        config.rollout.overlong_buffer = 16
-        with pytest.raises(ValueError, match=rf"'{estimator}' requires binary rewards"):
-            config_lib.validate(config)
+
+
+def test_validate_accepts_the_documented_readings():
     config = recipes.apply_variant(config_lib.base_config(), "progrpo")
     config.rollout.overlong_buffer = 16
     config_lib.validate(config)  # ProGRPO documents its reading of a shaped reward
-    config.advantage.prompt_tokens = "system_prompt"
-    with pytest.raises(ValueError, match=r"advantage\.prompt_tokens='system_prompt'.*question"):
-        config_lib.validate(config)
     config = recipes.apply_variant(config_lib.base_config(), "lens")
     config.advantage.options.all_wrong_weighting = "per_response"
     config_lib.validate(config)  # token_mean: the paper's per-response reading, exactly
-    config.loss.aggregation = "seq_mean_token_mean"
-    with pytest.raises(ValueError, match=r"'per_response'.*divides by it again"):
-        config_lib.validate(config)
-    config = config_lib.base_config()
-    config.rollout.group_size = 3
-    config.batching.micro_batches = 16
-    with pytest.raises(ValueError, match="do not split"):
-        config_lib.validate(config)
 
 
 @pytest.mark.slow
