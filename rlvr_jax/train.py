@@ -202,6 +202,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def main() -> None:
     from absl import app, flags
+    from absl import logging as absl_logging
     from ml_collections import config_flags
 
     config_flag = config_flags.DEFINE_config_file(
@@ -212,6 +213,8 @@ def main() -> None:
     def app_main(argv: list[str]) -> None:
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        if not flags.FLAGS["verbosity"].present:  # orbax and JAX log every save at INFO
+            absl_logging.set_verbosity(absl_logging.WARNING)
         run(config_flag.value, workdir_flag.value)
 
     app.run(app_main, flags_parser=_parse_flags)

@@ -64,6 +64,7 @@ def test_cli_runs_logs_checkpoints_and_resumes(tmp_path, model_dir):
     assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
     assert "3/3" in first.stderr and "reward=" in first.stderr  # the tqdm progress bar
     assert "is illegal" not in first.stderr  # TensorBoard gets legal tag names, no warnings
+    assert not re.search(r"^I\d{4} ", first.stderr, re.M), first.stderr[-2000:]  # no INFO flood
     summary = subprocess.run([sys.executable, str(ROOT / "experiments" / "run_summary.py"),
                               workdir], capture_output=True, text=True, timeout=300, cwd=ROOT,
                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
