@@ -79,6 +79,13 @@ def run(config: Any, workdir: str) -> dict[str, float]:
     main_process = jax.process_index() == 0
     mesh = sharding.make_mesh(config.mesh)
     rules = sharding.rules_from_config(config.sharding)
+    task = tasks.get(config.task.name, **config.task.options.to_dict())
+    eval_task = task
+    if config.eval.task:
+        eval_task = tasks.get(config.eval.task, **config.eval.task_options.to_dict())
+    eval_examples = eval_task.examples(config.task.eval_split, seed=config.eval.seed,
+                                       n=config.eval.num_prompts)
+    overlap = held_out_report(eval_examples, task, config)  # before anything heavy loads
 
     model_config, params = models.load(
         config.model.name, dtype=jnp.dtype(config.model.dtype),
@@ -87,7 +94,6 @@ def run(config: Any, workdir: str) -> dict[str, float]:
     model_config = model_config.replace(remat_policy=config.model.remat_policy)
     tokenizer = models.load_tokenizer(config.model.tokenizer or config.model.name,
                                       cache_dir=config.model.cache_dir)
-    task = tasks.get(config.task.name, **config.task.options.to_dict())
     eos_ids = model_config.eos_token_ids or (tokenizer.eos_token_id,)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
 
@@ -107,13 +113,7 @@ def run(config: Any, workdir: str) -> dict[str, float]:
         unstack_layers=config.rollout.unstack_decode_layers,
     )
     stream = rollout.PromptStream(task, config.task.train_split, config.seed)
-    eval_task = task
-    if config.eval.task:
-        eval_task = tasks.get(config.eval.task, **config.eval.task_options.to_dict())
     eval_sampler = dataclasses.replace(sampler, task=eval_task)
-    eval_examples = eval_task.examples(config.task.eval_split, seed=config.eval.seed,
-                                       n=config.eval.num_prompts)
-    overlap = held_out_report(eval_examples, task, config)
     eval_tokens = config.eval.max_new_tokens or config.rollout.max_new_tokens
     rollout_key = jax.random.fold_in(jax.random.key(config.seed), 1)
     eval_key = jax.random.fold_in(jax.random.key(config.eval.seed), 2)
