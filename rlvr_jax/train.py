@@ -129,6 +129,7 @@ def run(config: Any, workdir: str) -> dict[str, float]:
         return scalars
 
     total = config.total_steps
+    plain_config = config.to_dict()  # written with every checkpoint and to config.json
     ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
     last: dict[str, float] = {}
     with checkpoint.Checkpointer(
@@ -141,7 +142,7 @@ def run(config: Any, workdir: str) -> dict[str, float]:
             state, start = restored.state, restored.step
             stream.position = int(restored.host_state["stream_position"])
         with metric_writer.MetricWriter(
-            workdir, config.to_dict(), tensorboard=config.logging.tensorboard,
+            workdir, plain_config, tensorboard=config.logging.tensorboard,
             wandb=config.logging.wandb, wandb_project=config.logging.wandb_project,
             is_main_process=main_process, resume_step=start if start else None,
         ) as log, tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
@@ -172,7 +173,7 @@ def run(config: Any, workdir: str) -> dict[str, float]:
                     last.update(run_eval(step + 1, log))
                 stop = guard.should_stop(step + 1)
                 ckpt.save(step + 1, state, {"stream_position": stream.position,
-                                            "config": config.to_dict()},
+                                            "config": plain_config},
                           force=stop or step + 1 == total)
                 progress.set_postfix({
                     "reward": stats["reward_mean"], "pass@1": last.get("eval/pass@1", 0.0),

@@ -8,6 +8,7 @@ import pathlib
 from typing import Any
 
 import pytest
+from test_paper_recipes import flat
 
 from launch import sweep
 from rlvr_jax import recipes
@@ -16,21 +17,6 @@ from rlvr_jax.config import base_config
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SWEEPS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs" / "sweeps").glob("*.py"))
 PAPER_RECIPE_FILES = ("asym_grpo_qwen3_4b_math", "lens_qwen25_3b_math", "progrpo_qwen25_7b_dapo")
-
-
-def flat(config: Any) -> dict[str, Any]:
-    """``{"a.b.c": value}`` for every leaf of the config (option dictionaries included)."""
-    out = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for key, inner in value.items():
-                walk(f"{prefix}.{key}" if prefix else key, inner)
-        else:
-            out[prefix] = value
-
-    walk("", config.to_dict())
-    return out
 
 
 def changed_keys(a: Any, b: Any) -> set[str]:
