@@ -39,7 +39,9 @@ The other sections (their keys are documented where they are read)::
                 default rules of rlvr_jax.sharding)
     checkpoint: save_every_steps, keep_last, async_save (directory: <workdir>/checkpoints)
     eval:       every_steps (0: only at the end), at_start, num_prompts, samples_per_prompt,
-                sampling, max_new_tokens (None: rollout's), task ("": the training task),
+                samples_per_prompt_at_ends (the evaluations before and after training, which
+                give pass@k up to this k; None: samples_per_prompt), sampling,
+                max_new_tokens (None: rollout's), task ("": the training task),
                 task_options; evaluated on ``task.eval_split``; seed (picks the prompts and
                 the sampling key, apart from the run's seed, so runs that differ in seed or
                 estimator are evaluated on the same prompts), allow_train_overlap (False: a
@@ -151,6 +153,7 @@ def base_config() -> ml_collections.ConfigDict:
         "at_start": True,
         "num_prompts": 32,
         "samples_per_prompt": 8,
+        "samples_per_prompt_at_ends": placeholder(int),
         "sampling": _strategy_defaults(),
         "max_new_tokens": placeholder(int),
         "task": "",
@@ -275,6 +278,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "'sampler'"
         )
     _check_estimator_conventions(config)
+    at_ends = config.eval.samples_per_prompt_at_ends
+    if at_ends is not None and at_ends < 1:
+        raise ValueError(f"eval.samples_per_prompt_at_ends={at_ends} must be >= 1 (None: "
+                         "eval.samples_per_prompt)")
     if not 0 <= rollout.overlong_buffer <= rollout.max_new_tokens:
         raise ValueError(
             f"rollout.overlong_buffer={rollout.overlong_buffer} must be in "

@@ -1,8 +1,10 @@
 """Held-out evaluation: unbiased pass@k, response length and exploration statistics.
 
 A fixed set of ``eval.num_prompts`` held-out prompts (the first ones of the task's eval split
-in its seeded order, the same at every evaluation) gets ``n = eval.samples_per_prompt``
-samples each with a fixed key, so successive evaluations differ only through the policy.
+in its seeded order, the same at every evaluation) gets ``n`` samples each with a fixed key, so
+successive evaluations differ only through the policy (the trainer takes ``n =
+eval.samples_per_prompt`` during training and ``eval.samples_per_prompt_at_ends`` before and
+after it).
 Reported: ``pass@k`` for ``k`` in ``{1, 2, 4, ..., n}`` (and ``n``), mean response length,
 fractions of all-correct / all-wrong groups, distinct (correct) final answers per prompt, and
 the mean entropy of the sampling distribution.
@@ -34,10 +36,11 @@ def evaluate(
     settings: ml_collections.ConfigDict,
     max_new_tokens: int,
     batch_prompts: int,
+    num_samples: int,
 ) -> tuple[dict[str, float], Groups]:
-    """Evaluates ``params`` on ``examples`` with the ``eval`` config section ``settings``;
-    returns metrics and the sampled groups."""
-    n = settings.samples_per_prompt
+    """Evaluates ``params`` on ``examples`` with ``n = num_samples`` samples per prompt and the
+    ``eval`` config section's sampling ``settings``; returns metrics and the sampled groups."""
+    n = num_samples
     strategy = sampling.SamplingStrategy(**settings.sampling)
     parts = []
     for start in range(0, len(examples), batch_prompts):
@@ -60,3 +63,20 @@ def evaluate(
         **metrics.answer_diversity(groups.answers, groups.rewards),
     })
     return out, groups
+
+
+def prompt_records(groups: Groups) -> dict[str, list[Any]]:
+    """Per-prompt outcomes of an evaluation, in prompt order (lists of ``B`` entries): the
+    question, samples ``n`` and correct samples ``c`` (pass@k of a prompt is
+    ``metrics.pass_at_k(n, c, k)``), distinct final answers and distinct correct answers, and
+    the mean response length in tokens."""
+    distinct, distinct_correct = metrics.distinct_answer_counts(groups.answers, groups.rewards)
+    B, n = groups.rewards.shape
+    return {
+        "question": [str(example["question"]) for example in groups.examples],
+        "samples": [n] * B,
+        "correct": (groups.rewards > 0).sum(-1).tolist(),
+        "distinct_answers": distinct.tolist(),
+        "distinct_correct_answers": distinct_correct.tolist(),
+        "response_length": groups.completion_mask.sum(-1).mean(-1).tolist(),
+    }

@@ -8,6 +8,8 @@ Files under the workdir, written by the main process only:
   (RFC 8259 has no NaN): non-finite values are stored as ``"NaN"``, ``"Infinity"`` and
   ``"-Infinity"``, and :func:`read_metrics` turns them back into floats.
 - ``samples.jsonl``: one line per :meth:`MetricWriter.texts` call, the texts verbatim.
+- ``records.jsonl``: one line per :meth:`MetricWriter.record` call, a JSON object of lists
+  (e.g. the per-prompt outcomes of an evaluation, ``rlvr_jax.evaluation.prompt_records``).
 - ``tensorboard/``: event files. TensorBoard tags allow only ``[-/\\w.]``, so other characters
   become ``_`` there (``eval/pass@1`` is shown as ``eval/pass_1``); JSONL keys stay as given.
 
@@ -40,6 +42,7 @@ _log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
+RECORDS_FILE = "records.jsonl"
 CONFIG_FILE = "config.json"
 TENSORBOARD_DIR = "tensorboard"
 WANDB_ID_FILE = "wandb_run_id.txt"
@@ -92,7 +95,7 @@ class MetricWriter:
             os.path.join(workdir, CONFIG_FILE),
             json.dumps(config, indent=2, sort_keys=True, default=_json_default) + "\n",
         )
-        for name in (METRICS_FILE, SAMPLES_FILE):
+        for name in (METRICS_FILE, SAMPLES_FILE, RECORDS_FILE):
             path = os.path.join(workdir, name)
             _truncate(path, resume_step)
             self._files[name] = open(path, "a", encoding="utf-8")  # noqa: SIM115
@@ -141,6 +144,20 @@ class MetricWriter:
                      for key, text in values.items()}
             self._wandb_run.log(pages, step=step)
 
+    def record(self, step: int, values: Mapping[str, Any]) -> None:
+        """Writes a JSON-serialisable record (lists of numbers or strings) measured at ``step``
+        as one ``records.jsonl`` line; nothing goes to TensorBoard or wandb."""
+        step = _as_step(step)
+        for key in values:
+            _check_key(key)
+        line = {"step": step, "time": time.time(), **values}
+        try:
+            json.dumps(line, allow_nan=False)
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"record at step {step} is not plain JSON: {error}") from None
+        if self.is_main_process:
+            self._write_line(RECORDS_FILE, line)
+
     def close(self) -> None:
         """Flushes and closes every sink; later writes raise."""
         for f in self._files.values():
@@ -164,7 +181,8 @@ class MetricWriter:
 
 
 def read_metrics(path: str) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` (or ``samples.jsonl``) file, oldest first.
+    """The records of a ``metrics.jsonl`` (or ``samples.jsonl``, ``records.jsonl``) file,
+    oldest first.
 
     ``"NaN"``/``"Infinity"``/``"-Infinity"`` come back as floats; a partial last line (a run
     still writing, or one that crashed) is skipped; a malformed line elsewhere raises.

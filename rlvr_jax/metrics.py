@@ -111,8 +111,10 @@ def logp_advantage_covariance(logp: Array, advantages: Array, mask: Array) -> Ar
     return masked_mean((logp - mean_logp) * (advantages - mean_adv), mask)
 
 
-def answer_diversity(answers: Sequence[Sequence[str | None]], rewards) -> dict[str, float]:
-    """Distinct final answers per group, and distinct **correct** answers per group.
+def distinct_answer_counts(
+    answers: Sequence[Sequence[str | None]], rewards
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct final answers and distinct **correct** answers of each group.
 
     Args:
       answers: ``B`` groups of ``G`` extracted final answers (``None`` where no answer was
@@ -120,7 +122,7 @@ def answer_diversity(answers: Sequence[Sequence[str | None]], rewards) -> dict[s
       rewards: ``[B, G]``; an answer is correct when its reward is positive.
 
     Returns:
-      Means over groups of ``distinct_answers`` and ``distinct_correct_answers``.
+      ``(distinct [B], distinct_correct [B])`` integer counts.
     """
     rewards = np.asarray(rewards)
     if rewards.shape[0] != len(answers) or any(len(g) != rewards.shape[1] for g in answers):
@@ -134,6 +136,13 @@ def answer_diversity(answers: Sequence[Sequence[str | None]], rewards) -> dict[s
         len({a for a, r in zip(group, row, strict=True) if a is not None and r > 0})
         for group, row in zip(answers, rewards, strict=True)
     ]
+    return np.asarray(distinct, np.int64), np.asarray(distinct_correct, np.int64)
+
+
+def answer_diversity(answers: Sequence[Sequence[str | None]], rewards) -> dict[str, float]:
+    """Means over groups of :func:`distinct_answer_counts`: ``distinct_answers`` and
+    ``distinct_correct_answers``."""
+    distinct, distinct_correct = distinct_answer_counts(answers, rewards)
     return {
         "distinct_answers": float(np.mean(distinct)),
         "distinct_correct_answers": float(np.mean(distinct_correct)),

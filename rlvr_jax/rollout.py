@@ -359,7 +359,9 @@ def rollout_metrics(
     :func:`outcome_metrics` of every group sampled (before dynamic sampling's filter; those of
     the kept groups under ``kept/`` when it filtered), the mean shaped reward of the train
     batch (``kept/shaped_reward_mean`` when filtered), response lengths, full-vocabulary
-    ``entropy`` of the current policy and the sampler's, the sampled-token NLL (named as such),
+    ``entropy`` of the current policy (over all response tokens, and split into the tokens of
+    correct and of incorrect responses: ``entropy_correct``, ``entropy_incorrect``, NaN when a
+    batch has no such token) and the sampler's, the sampled-token NLL (named as such),
     the sampler-vs-trainer log-prob gap, the mean ``|advantage|``, verifier timeouts / crashes,
     dynamic-sampling rounds (and ``sampled_groups``) and the tokens seen. The trainer's figures
     are at the sampling temperature, so ``entropy`` matches ``sampling_entropy`` and the gap
@@ -370,10 +372,12 @@ def rollout_metrics(
     N, T = batch["tokens"].shape
     P = T - L
     valid = batch["response_mask"] > 0  # [N, L]
+    correct = (groups.rewards > 0).reshape(N, 1)  # [N, 1] the verifier's verdict on the row
     trainer_logp = policy.logprobs[:, P:]  # [N, L]
     gap = np.abs(groups.sampling_logp.reshape(N, L) - trainer_logp)[valid]
     lengths = groups.completion_mask.sum(-1)  # [B, G]
     masked_mean = lambda x, m: float(x[m].mean()) if m.any() else 0.0  # noqa: E731
+    mean_or_nan = lambda x, m: float(x[m].mean()) if m.any() else float("nan")  # noqa: E731
     filtered = rounds.sampled is not None
     return {
         **sampled_and_kept(outcome_metrics, groups, rounds),
@@ -383,6 +387,8 @@ def rollout_metrics(
         "response_length_max": float(lengths.max()),
         "frac_hit_max_tokens": float(np.mean((lengths == L) & ~_ends_with_eos(groups, eos_ids))),
         "entropy": masked_mean(policy.entropy[:, P:], valid),
+        "entropy_correct": mean_or_nan(policy.entropy[:, P:], valid & correct),
+        "entropy_incorrect": mean_or_nan(policy.entropy[:, P:], valid & ~correct),
         "sampling_entropy": masked_mean(groups.sampling_entropy, groups.completion_mask),
         "sampled_token_nll": masked_mean(-trainer_logp, valid),
         "truncated_mass": masked_mean(groups.truncated_mass, groups.completion_mask),

@@ -14,6 +14,7 @@ On the same command on every host of a TPU pod or GPU cluster it runs multi-cont
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -66,10 +67,14 @@ def held_out_report(eval_examples: list[dict[str, Any]], task: tasks.Task,
     return report
 
 
-def run(config: Any, workdir: str) -> dict[str, float]:
+def run(config: Any, workdir: str, *, model_store: models.ModelStore | None = None,
+        progress: tqdm | None = None) -> dict[str, float]:
     """Trains with ``config`` in ``workdir`` (resuming if it holds a checkpoint).
 
-    Returns the metrics of the last step and of the final evaluation.
+    ``model_store`` keeps loaded weights and tokenizers for later runs of the same process;
+    ``progress``, a progress bar the caller owns (a study's over all its runs), is advanced
+    once per step instead of the run's own bar. Returns the metrics of the last step and of
+    the final evaluation.
     """
     config_lib.validate(config)
     tx, schedule = optimizer_lib.make_optimizer(
@@ -87,13 +92,13 @@ def run(config: Any, workdir: str) -> dict[str, float]:
                                        n=config.eval.num_prompts)
     overlap = held_out_report(eval_examples, task, config)  # before anything heavy loads
 
-    model_config, params = models.load(
-        config.model.name, dtype=jnp.dtype(config.model.dtype),
-        param_dtype=jnp.dtype(config.model.param_dtype), cache_dir=config.model.cache_dir,
-    )
+    store = model_store or models.ModelStore()
+    model_config, params = store.weights(
+        config.model.name, dtype=config.model.dtype, param_dtype=config.model.param_dtype,
+        cache_dir=config.model.cache_dir)
     model_config = model_config.replace(remat_policy=config.model.remat_policy)
-    tokenizer = models.load_tokenizer(config.model.tokenizer or config.model.name,
-                                      cache_dir=config.model.cache_dir)
+    tokenizer = store.tokenizer(config.model.tokenizer or config.model.name,
+                                cache_dir=config.model.cache_dir)
     eos_ids = model_config.eos_token_ids or (tokenizer.eos_token_id,)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
 
@@ -119,12 +124,17 @@ def run(config: Any, workdir: str) -> dict[str, float]:
     eval_key = jax.random.fold_in(jax.random.key(config.eval.seed), 2)
 
     def run_eval(step: int, log: metric_writer.MetricWriter) -> dict[str, float]:
+        at_end = step in (0, config.total_steps)
+        samples = config.eval.samples_per_prompt
+        if at_end and config.eval.samples_per_prompt_at_ends is not None:
+            samples = config.eval.samples_per_prompt_at_ends
         results, groups = evaluation.evaluate(
             eval_sampler, state.params, eval_examples, eval_key, config.eval, eval_tokens,
-            batch_prompts=config.rollout.prompts_per_step)
+            batch_prompts=config.rollout.prompts_per_step, num_samples=samples)
         scalars = {f"eval/{k}": v for k, v in results.items()}
         scalars["eval/prompts_in_train"] = float(overlap.in_train)
         log.scalars(step, scalars)
+        log.record(step, {"eval": evaluation.prompt_records(groups)})
         log.texts(step, {f"eval_{k}": v for k, v in _sample_texts(groups, 1).items()})
         return scalars
 
@@ -145,8 +155,9 @@ def run(config: Any, workdir: str) -> dict[str, float]:
             workdir, plain_config, tensorboard=config.logging.tensorboard,
             wandb=config.logging.wandb, wandb_project=config.logging.wandb_project,
             is_main_process=main_process, resume_step=start if start else None,
-        ) as log, tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
-                       disable=not main_process) as progress:
+        ) as log, (contextlib.nullcontext(progress) if progress is not None else tqdm(
+            total=total, initial=start, unit="step", dynamic_ncols=True,
+            disable=not main_process)) as bar:
             if start == 0 and config.eval.at_start:
                 last.update(run_eval(0, log))
             for step in range(start, total):
@@ -175,10 +186,10 @@ def run(config: Any, workdir: str) -> dict[str, float]:
                 ckpt.save(step + 1, state, {"stream_position": stream.position,
                                             "config": plain_config},
                           force=stop or step + 1 == total)
-                progress.set_postfix({
+                bar.set_postfix({
                     "reward": stats["reward_mean"], "pass@1": last.get("eval/pass@1", 0.0),
                     "tok/s": scalars["time/tokens_per_second"]}, refresh=False)
-                progress.update()
+                bar.update()
                 if stop:
                     print(f"stopping at step {step + 1} on request; checkpoint saved",
                           file=sys.stderr)

@@ -20,12 +20,14 @@ from rlvr_jax.models.model import (
     unstack_layers,
 )
 from rlvr_jax.models.presets import PRESETS, get_preset
+from rlvr_jax.models.store import ModelStore
 from rlvr_jax.models.tokenizer import chat_prompt, load_tokenizer
 
 __all__ = [
     "PRESETS",
     "Cache",
     "ModelConfig",
+    "ModelStore",
     "Params",
     "chat_prompt",
     "config_from_hf",
