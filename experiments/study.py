@@ -12,7 +12,8 @@ only in the seed. Each run trains with :func:`rlvr_jax.train.run` in ``<workdir>
 
 Resumable: a run whose final evaluation is recorded is finished and skipped; an unfinished run
 resumes from its checkpoint; SIGINT / SIGTERM make the current run save at its next step
-boundary, and the study stops there (the same command continues it). Runs go seed by seed (every
+boundary, and the study stops there (the same command continues it); between runs, or while
+a run is starting, they stop the study at once. Runs go seed by seed (every
 method of seed 0 first), so a partial study holds complete paired seeds. ``study.json`` records
 the plan; a workdir holding another study's plan is refused. ``study_log.jsonl`` records when
 each run started, finished or was interrupted.
@@ -29,9 +30,10 @@ resumed study and cluster jobs sharing the directory) and the base model's evalu
 the first run evaluates before training (the same prompts, key and weights give every run the
 same step-0 evaluation), the others set ``eval.at_start = False``.
 
-On a cluster, the same file launches one job per run (``python -m launch.slurm
---sweep=<file> --workdir=<dir>``, likewise ``launch.tpu_pod``); every job then evaluates the base
-model itself, and the report reads the workdir the same way.
+On a cluster, ``--plan_only`` writes ``study.json`` without training, and the same file launches
+one job per run into the same run directories (``python -m launch.slurm --sweep=<file>
+--workdir=<dir>``, likewise ``launch.tpu_pod``); every job then evaluates the base model itself,
+and the report reads the workdir the same way.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -219,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sweep", required=True, help="the study: a sweep file with get_sweep()")
     parser.add_argument("--workdir", required=True, help="the study's directory (one per study)")
+    parser.add_argument("--plan_only", action="store_true",
+                        help="write study.json and stop (the runs are launched elsewhere)")
     args = parser.parse_args(argv)
     from absl import logging as absl_logging
 
@@ -230,7 +235,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         _write_plan(args.workdir, name, runs)
     except (LaunchError, ValueError) as error:
         parser.error(str(error))
-    return 0 if run_study(name, runs, args.workdir) else 1
+    if args.plan_only:
+        print(f"study {name}: {len(runs)} runs planned in {args.workdir}", file=sys.stderr)
+        return 0
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # like Ctrl-C outside a run's loop
+    try:
+        return 0 if run_study(name, runs, args.workdir) else 1
+    except KeyboardInterrupt:  # between two runs, or while one was starting
+        _log(args.workdir, "interrupted")
+        print(f"study {name} interrupted; run the same command to continue", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ scored at the sampling temperature, and the whole RL loop on 2 processes x 4 dev
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -285,6 +286,27 @@ def test_rollout_metrics_by_hand():
     assert out["tokens"] == 11 + 2 * 4  # response tokens + real prompt tokens
     assert (out["sampling_rounds"], out["mixed_groups_kept"]) == (3, 1)
     assert out["frac_all_wrong"] == 0.5 and out["pass@2"] == 0.5
+
+
+def test_entropy_split_by_correctness_on_a_hand_built_batch():
+    config = base_config()
+    groups = make_groups([[1, 0], [0, 0]], [[4, 2], [1, 4]])  # rows: correct, then 3 wrong
+    tokens = rollout.prompt_and_completion_tokens(groups, bucket=2, pad_id=0)
+    policy = policy_for(groups)
+    row_entropy = np.array([1.0, 2.0, 3.0, 5.0], np.float32)  # the same at every position
+    entropy = np.broadcast_to(row_entropy[:, None], policy.entropy.shape).copy()
+    entropy[:, 2:][~groups.completion_mask.reshape(4, 4)] = 100.0  # padding: never counted
+    policy = TokenLogprobs(policy.logprobs, entropy, policy.mask)
+    batch = rollout.train_batch(groups, tokens, policy, groups.rewards, config)
+    rounds = rollout.SamplingRounds(rounds=1, mixed_groups_kept=1)
+    out = rollout.rollout_metrics(groups, batch, policy, groups.rewards, rounds, (EOS,))
+    assert out["entropy_correct"] == pytest.approx(1.0)  # row 0's 4 tokens
+    assert out["entropy_incorrect"] == pytest.approx((2 * 2 + 3 * 1 + 5 * 4) / 7)
+    assert out["entropy"] == pytest.approx((1 * 4 + 2 * 2 + 3 * 1 + 5 * 4) / 11)
+    wrong = dataclasses.replace(groups, rewards=np.zeros_like(groups.rewards))
+    out = rollout.rollout_metrics(wrong, batch, policy, wrong.rewards, rounds, (EOS,))
+    assert np.isnan(out["entropy_correct"])  # no correct response: undefined, not 0
+    assert out["entropy_incorrect"] == pytest.approx(out["entropy"])
 
 
 @pytest.mark.parametrize("key, value", [("top_k", 20), ("top_p", 0.9), ("min_p", 0.05)])
