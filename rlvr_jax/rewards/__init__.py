@@ -26,7 +26,7 @@ format + verifier under a name) are in ``rlvr_jax.tasks``.
 
 from rlvr_jax.boxed import extract_boxed
 from rlvr_jax.rewards.answer_verifier import AnswerVerifier
-from rlvr_jax.rewards.code import CodeVerifier
+from rlvr_jax.rewards.code_verifier import CodeVerifier
 from rlvr_jax.rewards.extraction import extract_answer, extract_last_number
 from rlvr_jax.rewards.math_verifier import math_verifier
 from rlvr_jax.rewards.procedural_verifier import procedural_verifier
