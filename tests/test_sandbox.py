@@ -351,3 +351,12 @@ def test_a_host_without_namespaces_is_reported_loudly_and_still_judges():
                                               "mount_namespace"))
     assert json.loads(result) == {"rewards": [1.0, 0.0], "metrics": {
         "sandbox_confined": 0.0, "sandbox_layers_missing": 3.0 if os.geteuid() == 0 else 4.0}}
+
+
+def test_a_function_that_hangs_times_out_even_if_the_tests_swallow_errors():
+    program = "def f(x):\n    while True:\n        pass\n"
+    swallowing = ("def check(candidate):\n    for x in range(3):\n        try:\n"
+                  "            candidate(x)\n        except Exception:\n            pass\n")
+    result = run_tests(program, "f", swallowing, limits=SandboxLimits(timeout_s=1.0))
+    assert result.status == TIMEOUT
+    assert result.duration_s < 1.0 + 3.0

@@ -271,7 +271,9 @@ def warn_if_unconfined() -> None:
     if missing:
         _log.warning(
             "CODE SANDBOX NOT CONFINED: this host gives no %s to sandboxed programs (active: %s). "
-            "Model-written code may then reach this user's files, processes or network, and "
-            "could forge its verdict. Run as root or allow unprivileged user namespaces "
-            "(sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0).",
+            "Model-written code may then reach this user's files, processes or network. Give "
+            "the trainer namespaces: as root, CAP_SYS_ADMIN (a container may withhold it); "
+            "as another user, unprivileged user namespaces (sysctls "
+            "kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0, "
+            "kernel.apparmor_restrict_unprivileged_userns=0).",
             ", ".join(missing), ", ".join(_probe()) or "none")

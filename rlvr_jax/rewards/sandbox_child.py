@@ -25,7 +25,6 @@ cannot read the expected values. Input: two frames (``sandbox_wire``), the job, 
 
 import contextlib
 import fcntl
-import io
 import json
 import os
 import signal
@@ -47,16 +46,21 @@ TIMEOUT_EXIT_CODE = 124
 _CALL_FD, _STATUS_FD = 3, 4  # the program process's ends of the two pipes
 
 
-class _WallTimeoutError(Exception):
-    pass
-
-
 class CandidateError(Exception):
     """The sandboxed function raised; its message names the exception."""
 
 
 class CandidateGoneError(BaseException):
-    """The sandboxed program exited or broke the channel (a test cannot catch this)."""
+    """The sandboxed program exited or broke the channel (``except Exception`` in a test
+    cannot catch it, nor the timeouts below)."""
+
+
+class CandidateTimeoutError(BaseException):
+    """A call of the sandboxed function did not return before the run's deadline."""
+
+
+class _WallTimeoutError(BaseException):
+    pass
 
 
 def _on_alarm(signum, frame) -> None:
@@ -163,9 +167,11 @@ class _Candidate:
 
     def __init__(self, call_w: int, status_r: int, deadline: float):
         self._call_w, self._status_r, self._deadline = call_w, status_r, deadline
-        self.gone = False
+        self.gone = self.timed_out = False
 
     def __call__(self, *args, **kwargs):
+        if self.timed_out:
+            raise CandidateTimeoutError
         if self.gone:
             raise CandidateGoneError
         try:
@@ -178,7 +184,10 @@ class _Candidate:
             if "error" in reply:
                 raise CandidateError(str(reply["error"]))
             return sandbox_wire.decode(reply["value"])
-        except (sandbox_wire.ClosedError, sandbox_wire.WireError, TimeoutError):
+        except TimeoutError:
+            self.timed_out = True  # a late reply would answer the wrong call: no more calls
+            raise CandidateTimeoutError from None
+        except (sandbox_wire.ClosedError, sandbox_wire.WireError):
             self.gone = True
             raise CandidateGoneError from None
 
@@ -190,17 +199,18 @@ def _judge_calls(tests: dict, entry_point: str, call_w: int, status_r: int,
     if type(loaded) is not dict or loaded.get("loaded") is not True:
         return "failed", "the program did not load"
     candidate = _Candidate(call_w, status_r, deadline)
-    namespace = {"__name__": "__rlvr_tests__"}
+    namespace = {"__name__": "__rlvr_tests__"}  # its prints go to this process's /dev/null
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            exec(compile(tests["setup"], "<problem>", "exec"), namespace)
-            namespace[entry_point] = candidate  # as in-process: the name is the solution
-            exec(compile(tests["test"], "<tests>", "exec"), namespace)
-            namespace["check"](candidate)
-    except (_WallTimeoutError, CandidateGoneError):
+        exec(compile(tests["setup"], "<problem>", "exec"), namespace)
+        namespace[entry_point] = candidate  # as in-process: the name is the solution
+        exec(compile(tests["test"], "<tests>", "exec"), namespace)
+        namespace["check"](candidate)
+    except (_WallTimeoutError, CandidateGoneError, CandidateTimeoutError):
         raise
     except BaseException as error:  # a failed assertion, or the function raised
         return "failed", f"{type(error).__name__}: {error}"[:1000]
+    if candidate.timed_out:  # the tests swallowed the timeout
+        raise CandidateTimeoutError
     return ("failed", "the program exited") if candidate.gone else ("passed", "")
 
 
@@ -244,7 +254,7 @@ def main() -> None:
             code = os.waitstatus_to_exitcode(os.waitpid(keeper, 0)[1])
             status = "passed" if code == 0 else "failed"
         signal.setitimer(signal.ITIMER_REAL, 0)
-    except (_WallTimeoutError, TimeoutError):
+    except (_WallTimeoutError, TimeoutError, CandidateTimeoutError):
         status, error = "timeout", f"ran past {job['timeout_s']} s"
     except (sandbox_wire.ClosedError, sandbox_wire.WireError, CandidateGoneError):
         status, error = "failed", "the program exited or broke the channel"

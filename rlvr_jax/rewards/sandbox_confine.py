@@ -28,6 +28,7 @@ import contextlib
 import ctypes
 import os
 import platform
+import re
 import resource
 import socket
 import sys
@@ -96,10 +97,9 @@ def unshare_namespaces(as_root: bool) -> list[str]:
 def _bind_readonly(source: str, target: str) -> None:
     """Bind ``source`` on ``target`` read-only, keeping the flags the kernel locks."""
     _mount(source, target, None, MS_BIND)
-    kept = os.statvfs(source).f_flag & (MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME
-                                         | MS_NODIRATIME)
-    if os.statvfs(source).f_flag & _ST_RELATIME:
-        kept |= MS_RELATIME
+    flags = os.statvfs(source).f_flag
+    kept = flags & (MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME)
+    kept |= MS_RELATIME if flags & _ST_RELATIME else 0
     _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | kept)
 
 
@@ -223,8 +223,8 @@ def process_limit(allowance: int, sandbox_uid: int | None, in_user_namespace: bo
     """
     if sandbox_uid is not None:
         return allowance + 1
-    release = tuple(int(part) for part in os.uname().release.split("-")[0].split(".")[:2])
-    if in_user_namespace and release >= (5, 14):
+    version = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    if in_user_namespace and version and tuple(map(int, version.groups())) >= (5, 14):
         return allowance + 2
     return allowance + caller_tasks
 
