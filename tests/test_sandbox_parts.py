@@ -56,11 +56,11 @@ def test_seccomp_filter_decisions(machine, arch, numbers):
         assert run_filter(program, 0x40000000 | numbers["read"], arch) == ERRNO | errno.EPERM
 
 
-VALUES = [None, True, 0, -7, 2**80, 1.5, float("inf"), "text", b"\x00\xff", 3 - 4j,
-          [1, (2, "x")], {"k": [1, 2], 3: None, (1, 2): b"v"}, {1, 2}, frozenset({"a"}), ()]
+VALUES = [None, True, 0, -7, 2**80, -(10**5000), 1.5, -0.0, float("inf"), "text", b"\x00\xff",
+          3 - 4j, [1, (2, "x")], {"k": [1, 2], 3: None, (1, 2): b"v"}, {1, 2}, frozenset({"a"}), ()]
 
 
-@pytest.mark.parametrize("value", VALUES, ids=repr)
+@pytest.mark.parametrize("value", VALUES, ids=lambda value: type(value).__name__)
 def test_plain_values_cross_unchanged(value):
     read, write = os.pipe()
     sandbox_wire.write_frame(write, sandbox_wire.encode(value))
@@ -90,6 +90,7 @@ def test_values_that_are_not_plain_data_are_refused(value):
     {"dict": [[1]]},  # a malformed pair
     {"bytes": "zz"},
     {"complex": ["1", 2]},
+    {"int": "0x"},
     [1, 2],  # an untagged container
     {"list": [{"list": [{"list": []}]}]},  # deeper than allowed below
 ])

@@ -2,10 +2,11 @@
 
 Standard library only (the sandbox launcher imports it). A frame is a 4-byte big-endian length
 and that many bytes of UTF-8 JSON. Values are encoded so the reader rebuilds them from
-built-in types alone: JSON's null, booleans, integers, floats (``NaN`` and ``Infinity``
-included) and strings stand for themselves; every other value is a one-key object naming its
-type (``{"list": [...]}``, ``{"tuple": ...}``, ``{"set": ...}``, ``{"frozenset": ...}``,
-``{"dict": [[key, value], ...]}``, ``{"bytes": "<hex>"}``, ``{"complex": [re, im]}``).
+built-in types alone: JSON's null, booleans, integers of at most 64 bits, floats (``NaN``
+and ``Infinity`` included) and strings stand for themselves; every other value is a one-key
+object naming its type (``{"int": "<hex>"}`` for a larger integer, ``{"list": [...]}``,
+``{"tuple": ...}``, ``{"set": ...}``, ``{"frozenset": ...}``, ``{"dict": [[key, value], ...]}``,
+``{"bytes": "<hex>"}``, ``{"complex": [re, im]}``).
 
 :func:`decode` is what makes a sandboxed function's return value safe to compare outside: it
 builds only exact built-in objects (never a subclass, never an object whose ``__eq__`` the
@@ -23,6 +24,7 @@ import time
 
 MAX_DEPTH = 64
 MAX_FRAME_BYTES = 4 << 20
+_INT_LIMIT = 1 << 63
 _SEQUENCES = {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}
 
 
@@ -39,6 +41,8 @@ def encode(value: object, depth: int = 0) -> object:
     if depth > MAX_DEPTH:
         raise WireError("value nested too deeply")
     kind = type(value)
+    if kind is int and not -_INT_LIMIT <= value < _INT_LIMIT:
+        return {"int": format(value, "x")}  # hex: no limit on digits, unlike decimal
     if value is None or kind in (bool, int, float, str):
         return value
     if kind in (list, tuple, set, frozenset):
@@ -75,6 +79,11 @@ def decode(data: object, depth: int = 0) -> object:
         try:
             return {decode(k, depth + 1): decode(v, depth + 1) for k, v in pairs}
         except TypeError as error:
+            raise WireError(str(error)) from None
+    if tag == "int" and type(body) is str and len(body) <= MAX_FRAME_BYTES:
+        try:
+            return int(body, 16)
+        except ValueError as error:
             raise WireError(str(error)) from None
     if tag == "bytes" and type(body) is str:
         try:
