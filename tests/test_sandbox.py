@@ -1,7 +1,9 @@
 """Sandboxed code runner: attacks are stopped or contained, and the next item still scores."""
 
+import glob
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -302,6 +304,7 @@ def test_every_process_of_a_run_dies_with_the_trainer():
     started (in a new session) all die with it, long before the run's own timeout."""
     program = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\n"
                "time.sleep(60)\n")
+    stages_before = set(glob.glob(os.path.join(tempfile.gettempdir(), "rlvr_sandbox_*")))
     trainer = subprocess.Popen(
         [sys.executable, "-c",
          "import sys; from rlvr_jax.rewards.sandbox import run_python, SandboxLimits; "
@@ -320,6 +323,9 @@ def test_every_process_of_a_run_dies_with_the_trainer():
         time.sleep(0.1)
     left = [pid for pid in run if os.path.exists(f"/proc/{pid}")]
     assert not left, f"{len(left)} processes of the run outlived the trainer"
+    for stage in set(glob.glob(os.path.join(tempfile.gettempdir(), "rlvr_sandbox_*"))) - \
+            stages_before:  # the killed trainer could not remove its (empty) stage directory
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 DEGRADED_HOST = """

@@ -81,16 +81,17 @@ def test_escape_and_forgery_attempts_are_contained(attack_kit, as_nobody, audit_
     report = json.loads(done.stdout)
     with capsys.disabled():
         print(f"\nsandbox layers for uid {report['uid']} ({python}): {report['layers']}")
-    assert len(report["escapes"]) == 11 and len(report["forgeries"]) == 8
+    escaped = {name: what for name, what in report["escapes"].items() if what}
     forged = {name: what for name, what in report["forgeries"].items() if what}
+    allowed = _kernel_allows_namespaces(as_nobody)
+    assert not (allowed and escaped), f"the kernel allows namespaces, yet {escaped}"
     assert not forged  # the judge's separation holds with or without namespaces
     assert report["correct_solution_passes"]
-    escaped = {name: what for name, what in report["escapes"].items() if what}
-    if not _kernel_allows_namespaces(as_nobody):
+    assert len(report["escapes"]) == 11 and len(report["forgeries"]) == 8
+    if not allowed:
         with capsys.disabled():
             print(f"NO NAMESPACES for uid {report['uid']} here: not contained: {escaped}")
         pytest.skip("the kernel gives this user no namespaces (util-linux unshare fails)")
     missing = [options for options in sandbox.ESSENTIAL_LAYERS
                if not set(options) & set(report["layers"])]
     assert not missing, f"the kernel allows namespaces, but the sandbox lacks {missing}"
-    assert not escaped
