@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from rlvr_jax.data.humaneval import HumanEvalSource
+from rlvr_jax.rewards import sandbox
 from rlvr_jax.rewards.code_verifier import CodeVerifier, candidate_program, extract_code
 from rlvr_jax.rewards.sandbox import (
+    ERROR,
     FAILED,
     LAYERS,
     MAX_SLOTS,
@@ -366,3 +368,16 @@ def test_a_function_that_hangs_times_out_even_if_the_tests_swallow_errors():
     result = run_tests(program, "f", swallowing, limits=SandboxLimits(timeout_s=1.0))
     assert result.status == TIMEOUT
     assert result.duration_s < 1.0 + 3.0
+
+
+def test_a_sandbox_that_cannot_start_is_a_crash_not_a_wrong_answer(monkeypatch, tmp_path,
+                                                                   problems):
+    isolation()  # probed with the real launcher (cached) before it is broken below
+    broken = tmp_path / "launcher.py"
+    broken.write_text("raise SystemExit('broken launcher')\n")
+    monkeypatch.setattr(sandbox, "_CHILD", str(broken))
+    result = run_python("pass", LIMITS)
+    assert result.status == ERROR and "broken launcher" in result.error
+    report = CodeVerifier(num_workers=1, limits=LIMITS).verify(
+        [problems[0]["prompt"] + problems[0]["answer"]], [problems[0]])
+    assert report.statuses == (Status.CRASH,) and report.crashes == 1

@@ -26,9 +26,11 @@ import numpy as np
 
 from rlvr_jax.rewards import sandbox
 from rlvr_jax.rewards.pool import DEFAULT_NUM_WORKERS
-from rlvr_jax.rewards.sandbox import PASSED, SandboxLimits, run_tests
-from rlvr_jax.rewards.sandbox import TIMEOUT as SANDBOX_TIMEOUT
+from rlvr_jax.rewards.sandbox import ERROR, PASSED, TIMEOUT, SandboxLimits, run_tests
 from rlvr_jax.rewards.verification import Status, Verification
+
+# A sandbox that could not run the program is a crash of the check, counted as such.
+_STATUSES = {TIMEOUT: Status.TIMEOUT, ERROR: Status.CRASH}
 
 _FENCED = re.compile(r"```(?:python|py|Python)?[ \t]*\n(.*?)```", re.DOTALL)
 
@@ -89,7 +91,7 @@ class CodeVerifier:
                 result = run_tests(
                     candidate_program(codes[index], problem), problem["entry_point"],
                     problem["test"], setup=problem["prompt"], limits=self.limits)
-                statuses[index] = Status.TIMEOUT if result.status == SANDBOX_TIMEOUT else Status.OK
+                statuses[index] = _STATUSES.get(result.status, Status.OK)
                 rewards[index] = float(result.status == PASSED)
             except Exception:  # a sandbox failure scores 0 and is counted, never raised
                 statuses[index] = Status.CRASH

@@ -55,6 +55,7 @@ UID_BASE = 61000
 MAX_SLOTS = 64  # concurrent sandboxed runs per calling process
 _CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_child.py")
 PASSED, FAILED, TIMEOUT = "passed", "failed", "timeout"
+ERROR = "error"  # the sandbox itself failed (not the program): counted as a verifier crash
 _GRACE_S = 5.0  # extra wall time before this process kills the launcher itself
 LAYERS = ("sandbox_uid", "user_namespace", "network_namespace", "pid_namespace",
           "ipc_namespace", "mount_namespace", "disk_quota", "private_proc", "no_capabilities",
@@ -94,8 +95,9 @@ class SandboxLimits:
 
 @dataclasses.dataclass(frozen=True)
 class SandboxResult:
-    """``status`` is ``"passed"``, ``"failed"`` or ``"timeout"``; ``layers`` the isolation
-    layers the run had; ``error`` why it failed (a test's assertion, a crash)."""
+    """``status`` is ``"passed"``, ``"failed"``, ``"timeout"`` or ``"error"`` (the sandbox could
+    not run the program); ``layers`` the isolation layers the run had; ``error`` why it did not
+    pass (a test's assertion, a crash, the sandbox's failure)."""
 
     status: str
     returncode: int | None
@@ -204,7 +206,7 @@ def _run(job: dict, tests: dict | None, limits: SandboxLimits) -> SandboxResult:
     try:
         verdict = json.loads(out.decode().strip().splitlines()[-1])
     except (ValueError, IndexError):
-        return SandboxResult(FAILED, process.returncode, "", "", duration,
+        return SandboxResult(ERROR, process.returncode, "", "", duration,
                              error="the launcher failed: " + err.decode(errors="replace")[-2000:])
     return SandboxResult(verdict["status"], verdict["returncode"], verdict["stdout"],
                          verdict["stderr"], duration, tuple(verdict["layers"]), verdict["error"])

@@ -244,10 +244,9 @@ def main() -> None:
     signal.signal(signal.SIGALRM, _on_alarm)
     deadline = time.monotonic() + job["timeout_s"]
     signal.setitimer(signal.ITIMER_REAL, job["timeout_s"])
-    layers, status, error, code = [], "failed", "", None
+    layers, status, error, code = None, "failed", "", None
     try:
-        report = sandbox_wire.read_frame(status_r, deadline)
-        layers = report["layers"]
+        layers = sandbox_wire.read_frame(status_r, deadline)["layers"]  # before the program ran
         if tests is not None:
             status, error = _judge_calls(tests, job["entry_point"], call_w, status_r, deadline)
         else:
@@ -258,11 +257,13 @@ def main() -> None:
         status, error = "timeout", f"ran past {job['timeout_s']} s"
     except (sandbox_wire.ClosedError, sandbox_wire.WireError, CandidateGoneError):
         status, error = "failed", "the program exited or broke the channel"
+    if layers is None:  # the sandbox itself failed to start (its traceback is in stderr)
+        layers, status, error = [], "error", "the sandbox could not be set up"
     signal.setitimer(signal.ITIMER_REAL, 0)
     with contextlib.suppress(ProcessLookupError):
         os.kill(keeper, signal.SIGKILL)
     _kill_and_reap_descendants()
-    if code is None and status != "timeout":
+    if code is None and status in ("passed", "failed"):
         code = 0 if status == "passed" else 1
     verdict = {"status": status, "returncode": code, "layers": layers, "error": error,
                "stdout": _read_head(fds["stdout"], job["output_bytes"]),
