@@ -30,6 +30,12 @@ Hence two rules:
    memory. Exiting early, printing, patching, always-equal objects and hanging all fail.
    :func:`run_python` runs a whole program and reports its exit status: the program's own
    word, for running code, never for judging it.
+
+Outside this model: the kernel itself (seccomp narrows what the program can ask of it), the
+problem's own tests and helpers (trusted data, run in the judge with the caller's
+privileges), and hosts that give no namespaces, where the program keeps what its uid can
+reach (the warning says so; the verdict still cannot be forged: the judge is another,
+non-dumpable process).
 """
 
 from __future__ import annotations
