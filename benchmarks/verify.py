@@ -17,7 +17,7 @@ import time
 
 from benchmarks import harness
 from rlvr_jax.data.humaneval import HumanEvalSource
-from rlvr_jax.rewards.code import CodeVerifier
+from rlvr_jax.rewards.code_verifier import CodeVerifier
 from rlvr_jax.rewards.math_verifier import math_verifier
 from rlvr_jax.rewards.sandbox import isolation
 

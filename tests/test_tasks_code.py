@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from rlvr_jax import tasks
+from rlvr_jax.rewards.sandbox import isolation_metrics
 
 
 def test_humaneval_task():
@@ -17,3 +18,10 @@ def test_humaneval_task():
     assert task.extract_answer(completions[0]).startswith(examples[0]["prompt"][:10])
     with pytest.raises(ValueError, match="only the split 'test'"):
         task.source("train")
+
+
+def test_humaneval_steps_report_how_confined_the_sandbox_is():
+    task = tasks.get("humaneval", num_workers=1)
+    metrics = task.group_metrics(task.examples("test", seed=0, n=1), np.ones((1, 2)))
+    missing = isolation_metrics()["sandbox_layers_missing"]
+    assert metrics == {"sandbox_confined": float(missing == 0), "sandbox_layers_missing": missing}

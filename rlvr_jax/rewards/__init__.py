@@ -12,9 +12,9 @@ Every verifier presents one interface (``verification.Verifier``)::
 * ``math_verifier()``: final answers (``extraction.extract_answer``) checked for mathematical
   equivalence by ``math-verify``;
 * ``procedural_verifier(extract)``: answers checked by reasoning-gym's scorers, partial credit
-  counting as wrong;
-* ``CodeVerifier``: code run against unit tests in a sandbox (``sandbox.py`` lists the
-  isolation layers).
+  counting as wrong, no answer reaching a scorer's ``eval`` (``answer_guard.py``);
+* ``CodeVerifier``: code confined by the kernel in a sandbox and judged from outside it
+  (``sandbox.py`` states the threat model and the isolation layers).
 
 The first two are configurations of ``AnswerVerifier``: extraction in the calling process,
 the answer-equivalence function in a ``pebble`` process pool with a hard per-item timeout
@@ -26,7 +26,7 @@ format + verifier under a name) are in ``rlvr_jax.tasks``.
 
 from rlvr_jax.boxed import extract_boxed
 from rlvr_jax.rewards.answer_verifier import AnswerVerifier
-from rlvr_jax.rewards.code import CodeVerifier
+from rlvr_jax.rewards.code_verifier import CodeVerifier
 from rlvr_jax.rewards.extraction import extract_answer, extract_last_number
 from rlvr_jax.rewards.math_verifier import math_verifier
 from rlvr_jax.rewards.procedural_verifier import procedural_verifier

@@ -1,39 +1,51 @@
-"""Sandboxed execution of untrusted Python programs (model-written code plus its unit tests).
+"""Sandboxed execution of untrusted Python: model-written programs, and verdicts they cannot forge.
 
-Each program runs under a fresh ``python -I -S`` launcher (isolated mode, no site-packages:
-the standard library only) started in a new session. The launcher (``sandbox_child.py``) forks
-the program into its own process group, kills it and every descendant on timeout, and reaps
-them; this process SIGKILLs the launcher's process group (and, as root, every process of the
-sandbox uid) as a backstop. The layers, all on by default:
+Threat model. The program is written by a policy trained to maximise the reward, so it is an
+adversary that knows this code: it may try to escape (read the trainer's environment, home or
+files, reach the network, signal or trace the trainer, change files, leave processes or files
+behind, exhaust the host) and to forge a pass (exit before the tests, print whatever a pass
+looks like, patch the tests or the built-ins they use, return objects that compare equal to
+anything, read the expected values). It runs in the same interpreter build as the launcher and
+can read and write all memory of its own process, so nothing inside that process is trusted:
+neither an audit hook, nor a secret token, nor the test code.
 
-* **network**: as root, a new network namespace (``unshare(CLONE_NEWNET)``: only a down
-  loopback); always, an audit hook that refuses ``socket`` operations. ``isolation()`` says
-  which are active on this host (without root only the audit hook is).
-* **limits**: ``RLIMIT_CPU``, ``RLIMIT_AS`` (memory), ``RLIMIT_FSIZE``, ``RLIMIT_NPROC``,
-  ``RLIMIT_NOFILE``, no core files; a wall-clock timeout in this process.
-* **user**: as root, the program runs as an unprivileged uid of its own, ``sandbox_uid(slot)``
-  (distinct per calling process and per concurrent run, so ``RLIMIT_NPROC`` counts only that
-  run's processes); after each run every process of that uid is killed, which also catches
-  children that left the process group.
-  Without root the program keeps the caller's uid and ``RLIMIT_NPROC`` counts all of the
-  caller's processes, so the limit is set to the caller's current count plus the allowance.
-* **file system**: an empty temporary working directory owned by the program's uid and
-  removed afterwards; the audit hook refuses writes outside it and reads of ``/proc/*/environ``.
-* **environment**: scrubbed: only ``PATH``, ``HOME`` (the working dir) and ``LANG``.
-* **processes**: the audit hook refuses ``fork``/``exec``/``subprocess`` unless
-  ``allow_processes``; ``RLIMIT_NPROC`` bounds them when allowed.
+Hence two rules:
 
-A program passes only if it exits 0 and its last stdout line is a random nonce the launcher
-prints after the program finished, so ``sys.exit(0)`` before the tests is a failure.
+1. **Isolation comes from the kernel.** Each run is a fresh ``python -I -S`` launcher
+   (``sandbox_child.py``: three processes, see there) whose program process is confined by
+   ``sandbox_confine`` and ``sandbox_seccomp``: its own user (an unprivileged uid per
+   concurrent run as root, else a user namespace without capabilities), network, PID, IPC
+   and mount namespaces, a private root on a size-limited tmpfs with read-only system
+   directories (so the standard library is readable whoever runs the trainer, and nothing
+   of the caller's is), a seccomp filter, resource limits and a parent-death signal chain
+   that kills every process of the run with it. The audit hook (``sandbox_audit``) is only
+   defence in depth. :func:`isolation` reports the layers this host gives; when a layer is
+   missing, :func:`warn_if_unconfined` logs a warning and :func:`isolation_metrics` carries
+   it into the run's metrics, never a silent fallback.
+2. **The verdict is made outside.** :func:`run_tests` loads the program in the sandbox and
+   runs the tests in the launcher's judge process, which never executes model code: each
+   call of the function under test crosses a pipe as plain data (``sandbox_wire``), and the
+   judge rebuilds the result from built-in types before the tests compare it. The tests are
+   sent to the judge only after the sandbox was forked, so they are not in the program's
+   memory. Exiting early, printing, patching, always-equal objects and hanging all fail.
+   :func:`run_python` runs a whole program and reports its exit status: the program's own
+   word, for running code, never for judging it.
+
+Outside this model: the kernel itself (seccomp narrows what the program can ask of it), the
+problem's own tests and helpers (trusted data, run in the judge with the caller's
+privileges), and hosts that give no namespaces, where the program keeps what its uid can
+reach (the warning says so; the verdict still cannot be forged: the judge is another,
+non-dumpable process).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
+import logging
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -43,12 +55,21 @@ import threading
 import time
 from collections.abc import Iterator
 
+# Standard library only, so the module also runs under a bare interpreter (e.g. as another user).
+
 UID_BASE = 61000
 MAX_SLOTS = 64  # concurrent sandboxed runs per calling process
 _CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_child.py")
 PASSED, FAILED, TIMEOUT = "passed", "failed", "timeout"
-_TIMEOUT_EXIT_CODE = 124  # the launcher's exit code when the program ran past timeout_s
-_GRACE_S = 2.0  # extra wall time before this process kills the launcher itself
+ERROR = "error"  # the sandbox itself failed (not the program): counted as a verifier crash
+_GRACE_S = 5.0  # extra wall time before this process kills the launcher itself
+LAYERS = ("sandbox_uid", "user_namespace", "network_namespace", "pid_namespace",
+          "ipc_namespace", "mount_namespace", "disk_quota", "private_proc", "no_capabilities",
+          "seccomp", "resource_limits", "parent_death_signal", "audit_hook")
+# The layers without which the program can reach the caller: (any of) alternatives per row.
+ESSENTIAL_LAYERS = (("sandbox_uid", "user_namespace"), ("network_namespace",),
+                    ("pid_namespace",), ("mount_namespace",), ("seccomp",))
+_log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,10 +77,11 @@ class SandboxLimits:
     """Limits of one sandboxed run.
 
     Attributes:
-      timeout_s: wall-clock limit; the process group is killed after it.
+      timeout_s: wall-clock limit of the whole run (loading and every test call).
       cpu_s: CPU-time limit (``RLIMIT_CPU``); defaults to ``ceil(timeout_s)``.
       memory_bytes: address-space limit (``RLIMIT_AS``).
       file_size_bytes: largest file the program may write (``RLIMIT_FSIZE``).
+      disk_bytes: size of the program's private tmpfs (all it writes, in total).
       max_processes: processes the program may add (``RLIMIT_NPROC`` allowance).
       max_open_files: ``RLIMIT_NOFILE``.
       output_bytes: how much of stdout and stderr is kept.
@@ -70,6 +92,7 @@ class SandboxLimits:
     cpu_s: int | None = None
     memory_bytes: int = 1 << 30
     file_size_bytes: int = 16 << 20
+    disk_bytes: int = 64 << 20
     max_processes: int = 8
     max_open_files: int = 64
     output_bytes: int = 64 << 10
@@ -78,13 +101,17 @@ class SandboxLimits:
 
 @dataclasses.dataclass(frozen=True)
 class SandboxResult:
-    """``status`` is ``"passed"``, ``"failed"`` or ``"timeout"``."""
+    """``status`` is ``"passed"``, ``"failed"``, ``"timeout"`` or ``"error"`` (the sandbox could
+    not run the program); ``layers`` the isolation layers the run had; ``error`` why it did not
+    pass (a test's assertion, a crash, the sandbox's failure)."""
 
     status: str
     returncode: int | None
     stdout: str
     stderr: str
     duration_s: float
+    layers: tuple[str, ...] = ()
+    error: str = ""
 
     @property
     def passed(self) -> bool:
@@ -112,20 +139,6 @@ def _acquire_slot() -> Iterator[int]:
     finally:
         with _slots_lock:
             _slots_in_use.discard(free[0])
-
-
-def _is_root() -> bool:
-    return os.geteuid() == 0
-
-
-def isolation() -> dict[str, str]:
-    """Which isolation layers this host gives the sandbox (they depend on running as root)."""
-    root = _is_root()
-    return {
-        "network": "network namespace + audit hook" if root else "audit hook only",
-        "user": "an unprivileged uid per concurrent run" if root else "caller's uid",
-        "process_limit": "per-slot RLIMIT_NPROC" if root else "RLIMIT_NPROC over caller's uid",
-    }
 
 
 def _processes_of_uid(uid: int) -> list[int]:
@@ -160,88 +173,115 @@ def _kill_everything(process: subprocess.Popen, uid: int | None) -> None:
     process.wait()
 
 
-def _read_head(path: str, limit: int) -> str:
-    with open(path, "rb") as file:
-        return file.read(limit).decode("utf-8", errors="replace")
+def _frame(message: dict) -> bytes:
+    """``message`` as the launcher reads it (a ``sandbox_wire`` frame)."""
+    payload = json.dumps(message).encode()
+    return len(payload).to_bytes(4, "big") + payload
 
 
-def _ends_with_nonce(path: str, nonce: str) -> bool:
-    marker = ("\n" + nonce + "\n").encode()
-    with open(path, "rb") as file:
-        file.seek(max(0, os.path.getsize(path) - len(marker)))
-        return file.read() == marker
-
-
-def _user_process_count() -> int:
-    return len(_processes_of_uid(os.getuid()))
-
-
-def run_python(program: str, limits: SandboxLimits | None = None) -> SandboxResult:
-    """Run ``program`` in the sandbox; it passes if it exits cleanly (see the module doc).
-
-    Thread-safe: concurrent calls run under different sandbox uids.
-    """
+def _run(job: dict, tests: dict | None, limits: SandboxLimits) -> SandboxResult:
     with _acquire_slot() as slot:
-        return _run_in_slot(program, limits or SandboxLimits(), slot)
-
-
-def _run_in_slot(program: str, limits: SandboxLimits, slot: int) -> SandboxResult:
-    root = _is_root()
-    uid = sandbox_uid(slot) if root else None
-    nproc = limits.max_processes + (1 if root else _user_process_count())
-    nonce = secrets.token_hex(16)
-    workdir = tempfile.mkdtemp(prefix="rlvr_sandbox_")
-    logdir = tempfile.mkdtemp(prefix="rlvr_sandbox_log_")
-    if uid is not None:
-        os.chown(workdir, uid, uid)
-    config = {
-        "workdir": workdir,
-        "timeout_s": limits.timeout_s,
-        "uid": uid,
-        "unshare_network": root,
-        "cpu_s": limits.cpu_s or max(1, int(limits.timeout_s + 0.999)),
-        "memory_bytes": limits.memory_bytes,
-        "file_size_bytes": limits.file_size_bytes,
-        "max_processes": nproc,
-        "max_open_files": limits.max_open_files,
-        "allow_processes": limits.allow_processes,
-    }
-    env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "LANG": "C.UTF-8"}
-    stdout_path, stderr_path = os.path.join(logdir, "stdout"), os.path.join(logdir, "stderr")
-    start = time.monotonic()
-    try:
-        with open(stdout_path, "wb") as stdout, open(stderr_path, "wb") as stderr:
+        uid = sandbox_uid(slot) if os.geteuid() == 0 else None
+        stage = tempfile.mkdtemp(prefix="rlvr_sandbox_")
+        if uid is not None:
+            os.chown(stage, uid, uid)
+        job = {
+            **job, **dataclasses.asdict(limits), "sandbox_uid": uid, "stage": stage,
+            "parent_pid": os.getpid(),
+            "cpu_s": limits.cpu_s or max(1, int(limits.timeout_s + 0.999)),
+        }
+        start = time.monotonic()
+        try:
             process = subprocess.Popen(
-                [sys.executable, "-I", "-S", _CHILD, json.dumps(config)],
-                stdin=subprocess.PIPE,
-                stdout=stdout,
-                stderr=stderr,
-                cwd=workdir,
-                env=env,
-                start_new_session=True,
-                close_fds=True,
+                [sys.executable, "-I", "-S", _CHILD], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/",
+                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+                start_new_session=True, close_fds=True,
             )
-            timed_out = False
             try:
-                process.communicate(
-                    (nonce + "\n" + program).encode(), timeout=limits.timeout_s + _GRACE_S
-                )
+                payload = _frame(job) + (_frame(tests) if tests is not None else b"")
+                out, err = process.communicate(payload, timeout=limits.timeout_s + _GRACE_S)
             except subprocess.TimeoutExpired:
-                timed_out = True
+                _kill_everything(process, uid)
+                return SandboxResult(TIMEOUT, None, "", "", time.monotonic() - start,
+                                     error="the launcher ran past its deadline")
             _kill_everything(process, uid)
-            timed_out = timed_out or process.returncode == _TIMEOUT_EXIT_CODE
-        duration = time.monotonic() - start
-        nonce_printed = _ends_with_nonce(stdout_path, nonce)
-        out = _read_head(stdout_path, limits.output_bytes)
-        err = _read_head(stderr_path, limits.output_bytes)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-        shutil.rmtree(logdir, ignore_errors=True)
-    if timed_out:
-        status = TIMEOUT
-    elif process.returncode == 0 and nonce_printed:
-        status = PASSED
-    else:
-        status = FAILED
-    out = out.replace("\n" + nonce + "\n", "")
-    return SandboxResult(status, process.returncode, out, err, duration)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    duration = time.monotonic() - start
+    try:
+        verdict = json.loads(out.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return SandboxResult(ERROR, process.returncode, "", "", duration,
+                             error="the launcher failed: " + err.decode(errors="replace")[-2000:])
+    return SandboxResult(verdict["status"], verdict["returncode"], verdict["stdout"],
+                         verdict["stderr"], duration, tuple(verdict["layers"]), verdict["error"])
+
+
+def run_python(program: str, limits: SandboxLimits | None = None, *,
+               audit_hook: bool = True) -> SandboxResult:
+    """Run ``program`` as ``__main__`` in the sandbox; passed iff it exits with status 0.
+
+    The exit status is the program's own word (see the module docstring): judge untrusted
+    code with :func:`run_tests`. ``audit_hook=False`` leaves out the defence-in-depth hook, to
+    test the operating-system layers alone. Thread-safe.
+    """
+    job = {"mode": "program", "program": program, "entry_point": None, "audit_hook": audit_hook}
+    return _run(job, None, limits or SandboxLimits())
+
+
+def run_tests(program: str, entry_point: str, test: str, *, setup: str = "",
+              limits: SandboxLimits | None = None, audit_hook: bool = True) -> SandboxResult:
+    """Judge the function ``entry_point`` that ``program`` defines, from outside the sandbox.
+
+    The program runs in the sandbox; the judge process runs ``setup`` (trusted code the tests
+    need, e.g. a problem's helper functions) and ``test``, which must define
+    ``check(candidate)``, then calls ``check`` with a stand-in that calls the sandboxed
+    function with plain-data arguments and returns its plain-data result. Passed iff ``check``
+    returns without raising and the program stayed alive; ``timeout`` past
+    ``limits.timeout_s``. Thread-safe.
+    """
+    job = {"mode": "calls", "program": program, "entry_point": entry_point,
+           "audit_hook": audit_hook}
+    return _run(job, {"setup": setup, "test": test}, limits or SandboxLimits())
+
+
+@functools.lru_cache(maxsize=1)
+def _probe() -> tuple[str, ...]:
+    return run_python("pass", SandboxLimits(timeout_s=30.0)).layers
+
+
+def isolation() -> dict[str, bool]:
+    """Which layers (``LAYERS``) a sandboxed run gets on this host, as this user (probed once
+    per process by running an empty program)."""
+    active = _probe()
+    return {layer: layer in active for layer in LAYERS}
+
+
+def missing_isolation() -> list[str]:
+    """The essential operating-system layers this host does not give (``[]``: fully confined)."""
+    active = _probe()
+    return [" or ".join(options) for options in ESSENTIAL_LAYERS
+            if not any(layer in active for layer in options)]
+
+
+def isolation_metrics() -> dict[str, float]:
+    """``sandbox_confined`` (1.0 iff no essential layer is missing) and
+    ``sandbox_layers_missing`` (how many are), for a run's metrics."""
+    missing = missing_isolation()
+    return {"sandbox_confined": float(not missing), "sandbox_layers_missing": float(len(missing))}
+
+
+@functools.lru_cache(maxsize=1)
+def warn_if_unconfined() -> None:
+    """Log a warning (once per process) naming the essential layers this host lacks."""
+    missing = missing_isolation()
+    if missing:
+        _log.warning(
+            "CODE SANDBOX NOT CONFINED: this host gives no %s to sandboxed programs (active: %s). "
+            "Model-written code may then reach this user's files, processes or network. Give "
+            "the trainer namespaces: as root, CAP_SYS_ADMIN (a container may withhold it); "
+            "as another user, unprivileged user namespaces (sysctls "
+            "kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0, "
+            "kernel.apparmor_restrict_unprivileged_userns=0).",
+            ", ".join(missing), ", ".join(_probe()) or "none")

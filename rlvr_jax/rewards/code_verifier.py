@@ -1,18 +1,19 @@
-"""Unit-test rewards for Python code (HumanEval-style), run in the sandbox in parallel.
+"""Unit-test rewards for Python code (HumanEval-style), judged outside the sandbox.
 
 :class:`CodeVerifier` presents the verifier interface of ``verification.Verifier`` with its
-own processes: each program runs in a fresh sandboxed interpreter (``sandbox.run_python``),
-started from a thread of a small pool, so it needs no worker pool of its own.
+own processes: each completion gets a fresh sandbox (``sandbox.run_tests``), started from a
+thread of a small pool, so it needs no worker pool of its own.
 
 A completion's code is the last fenced block (```` ```python ... ``` ````) if it has one, else
 the whole completion. If the code defines the entry-point function, the program is the
 problem's prompt (its imports and the stub) followed by the code, so the code's definition
 replaces the stub; otherwise the code is taken as the body that continues the prompt. The
-problem's ``test`` (which defines ``check``) and ``check(<entry_point>)`` follow, so the tests
-are always called, on the solution wrapped so that it must return plain built-in values (an
-"always equal" object is a known reward hack). Reward 1.0 iff the sandboxed program passes
-(see ``sandbox.run_python``). Not defended: a solution that monkey-patches built-ins or
-modules the tests use (``math.isclose``, ``abs``) before the tests run.
+sandbox loads that program; the problem's ``test`` runs in the judge process, which calls the
+function across the sandbox's boundary with plain data and always calls ``check``. Reward 1.0
+iff ``check`` passes. The code shares no process with the tests, so it cannot skip, patch or
+read them, and it can only return plain built-in values (an "always equal" object arrives as
+an error). Constructing a verifier logs a warning once per process when the host cannot
+confine the sandbox (``sandbox.warn_if_unconfined``).
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from rlvr_jax.rewards import sandbox
 from rlvr_jax.rewards.pool import DEFAULT_NUM_WORKERS
-from rlvr_jax.rewards.sandbox import PASSED, SandboxLimits, run_python
-from rlvr_jax.rewards.sandbox import TIMEOUT as SANDBOX_TIMEOUT
+from rlvr_jax.rewards.sandbox import ERROR, PASSED, TIMEOUT, SandboxLimits, run_tests
 from rlvr_jax.rewards.verification import Status, Verification
+
+# A sandbox that could not run the program is a crash of the check, counted as such.
+_STATUSES = {TIMEOUT: Status.TIMEOUT, ERROR: Status.CRASH}
 
 _FENCED = re.compile(r"```(?:python|py|Python)?[ \t]*\n(.*?)```", re.DOTALL)
 
@@ -38,49 +42,14 @@ def extract_code(completion: str) -> str | None:
     return code if code.strip() else None
 
 
-# Defined before the solution runs, so it holds the real built-ins. The tests see the solution
-# through it: every return value must be built of plain built-in types (checked by identity),
-# so an object whose ``__eq__`` always returns True cannot pass ``assert f(x) == y``.
-_PLAIN_VALUES_GUARD = """
-def _rlvr_plain_values(function, _type=type, _any=any, _error=TypeError):
-    plain = (int, float, complex, str, bytes, bool, type(None))
-    containers = (list, tuple, set, frozenset)
-
-    def check_value(value, depth=0):
-        kind = _type(value)
-        if _any(kind is t for t in plain):
-            return
-        if depth < 32 and _any(kind is t for t in containers):
-            for item in value:
-                check_value(item, depth + 1)
-            return
-        if depth < 32 and kind is dict:
-            for key, item in dict.items(value):
-                check_value(key, depth + 1)
-                check_value(item, depth + 1)
-            return
-        raise _error("the solution returned a non-built-in value")
-
-    def guarded(*args, **kwargs):
-        value = function(*args, **kwargs)
-        check_value(value)
-        return value
-
-    return guarded
-"""
-
-
-def build_program(code: str, problem: Mapping[str, str]) -> str:
-    """The complete test program for ``code`` on a HumanEval-style ``problem``."""
+def candidate_program(code: str, problem: Mapping[str, str]) -> str:
+    """The program the sandbox loads for ``code`` on a HumanEval-style ``problem``: the
+    problem's prompt (imports, helpers, the stub) with the code as the stub's replacement or
+    body. The tests are not part of it: they run in the judge (``sandbox.run_tests``)."""
     entry_point = problem["entry_point"]
     if re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", code, re.MULTILINE):
-        solution = problem["prompt"] + "\n\n" + code
-    else:
-        solution = problem["prompt"] + code
-    return (
-        f"{_PLAIN_VALUES_GUARD}\n{solution}\n\n{problem['test']}\n\n"
-        f"check(_rlvr_plain_values({entry_point}))\n"
-    )
+        return problem["prompt"] + "\n\n" + code
+    return problem["prompt"] + code
 
 
 class CodeVerifier:
@@ -96,6 +65,11 @@ class CodeVerifier:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         self.limits = limits or SandboxLimits()
         self.num_workers = num_workers
+        sandbox.warn_if_unconfined()
+
+    def isolation_metrics(self) -> dict[str, float]:
+        """How confined the sandboxed programs are on this host (``sandbox.isolation_metrics``)."""
+        return sandbox.isolation_metrics()
 
     def extract(self, completion: str) -> str | None:
         """The code of ``completion`` (see :func:`extract_code`)."""
@@ -113,8 +87,11 @@ class CodeVerifier:
 
         def run(index: int) -> None:
             try:
-                result = run_python(build_program(codes[index], problems[index]), self.limits)
-                statuses[index] = Status.TIMEOUT if result.status == SANDBOX_TIMEOUT else Status.OK
+                problem = problems[index]
+                result = run_tests(
+                    candidate_program(codes[index], problem), problem["entry_point"],
+                    problem["test"], setup=problem["prompt"], limits=self.limits)
+                statuses[index] = _STATUSES.get(result.status, Status.OK)
                 rewards[index] = float(result.status == PASSED)
             except Exception:  # a sandbox failure scores 0 and is counted, never raised
                 statuses[index] = Status.CRASH
