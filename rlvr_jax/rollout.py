@@ -6,7 +6,9 @@ thing (:func:`collect` composes them):
 
 1. :func:`sample_groups`: ``B`` prompts from a deterministic, resumable :class:`PromptStream`,
    chat-formatted and left-padded (lengths rounded up to ``rollout.prompt_bucket``), ``G``
-   completions each, verified into rewards ``[B, G]`` (process pool, timeouts). Random numbers
+   completions each, verified into rewards ``[B, G]`` (process pool, timeouts). An example
+   whose prompt is over ``rollout.max_prompt_len`` is passed over with a warning and counted
+   (``prompts_skipped``), so one bad example never stops a run or its resume. Random numbers
    depend only on the run seed, the step and the prompt's stream position, so two runs that
    differ only in the estimator see identical first rollouts (paired-seed experiments). With
    ``rollout.dynamic_sampling`` groups whose rewards are all equal are dropped and new prompts
@@ -32,6 +34,7 @@ from each host's rows.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -46,6 +49,7 @@ from rlvr_jax.tasks.order import epoch_order
 from rlvr_jax.tasks.prompts import encode_prompt, prompt_token_mask
 
 Batch = dict[str, np.ndarray]
+logger = logging.getLogger(__name__)
 
 
 class PromptStream:
@@ -53,12 +57,17 @@ class PromptStream:
 
     Position ``i`` is example ``epoch_order(n, seed, i // n)[i % n]``: the stream is endless
     (reshuffled each epoch), identical on every host, and resumes exactly from ``position``.
+    ``take`` passes over the examples its ``reject`` finds unusable (a prompt over
+    ``rollout.max_prompt_len``), warning once per example and counting them in ``skipped``.
     """
 
     def __init__(self, task: Any, split: str, seed: int, position: int = 0):
         self.source = task.source(split)
+        self.split = split
         self.seed = seed
         self.position = position
+        self.skipped = 0  # examples passed over by ``take`` in this process
+        self._rejected: set[int] = set()  # indices into ``source``, each rejected once
         self._epoch: tuple[int, np.ndarray] | None = None
 
     def _order(self, epoch: int) -> np.ndarray:
@@ -66,13 +75,39 @@ class PromptStream:
             self._epoch = (epoch, epoch_order(len(self.source), self.seed, epoch))
         return self._epoch[1]
 
-    def take(self, n: int) -> tuple[list[dict[str, Any]], np.ndarray]:
-        """The next ``n`` examples and their global positions ``[n]``."""
-        positions = np.arange(self.position, self.position + n)
+    def take(
+        self, n: int, reject: Callable[[dict[str, Any]], str | None] | None = None
+    ) -> tuple[list[dict[str, Any]], np.ndarray]:
+        """The next ``n`` examples that ``reject`` accepts and their global positions ``[n]``.
+
+        ``reject(example)`` says why an example cannot be used, or None when it can (default:
+        every example can). Raises ``ValueError`` when two epochs' worth of positions in a row,
+        hence every example, are rejected.
+        """
         size = len(self.source)
-        examples = [self.source[int(self._order(p // size)[p % size])] for p in positions]
-        self.position += n
-        return examples, positions
+        examples, positions = [], []
+        in_a_row = 0
+        while len(examples) < n:
+            position = self.position
+            self.position += 1
+            index = int(self._order(position // size)[position % size])
+            if index not in self._rejected:
+                example = self.source[index]
+                reason = reject(example) if reject is not None else None
+                if reason is None:
+                    examples.append(example)
+                    positions.append(position)
+                    in_a_row = 0
+                    continue
+                self._rejected.add(index)
+                logger.warning("passing over example %r of split %r: %s", example.get("id"),
+                               self.split, reason)
+            self.skipped += 1
+            in_a_row += 1
+            if in_a_row >= 2 * size:
+                raise ValueError(f"no example of split {self.split!r} can be used: all "
+                                 f"{size} were passed over (see the warnings)")
+        return examples, np.asarray(positions, np.int64)
 
 
 def left_pad(sequences: list[list[int]], bucket: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -151,6 +186,15 @@ class Sampler:
     pad_id: int
     unstack_layers: bool  # sampling.generate's per-layer decode loop
 
+    def prompt_problem(self, example: dict[str, Any]) -> str | None:
+        """Why ``example`` cannot be sampled (its prompt is over ``max_prompt_len`` tokens), or
+        None when it can: the ``reject`` of :meth:`PromptStream.take`."""
+        prompt = encode_prompt(self.task.render_prompt(example, self.tokenizer), self.tokenizer)
+        if len(prompt.ids) > self.max_prompt_len:
+            return (f"its prompt has {len(prompt.ids)} tokens, more than "
+                    f"rollout.max_prompt_len={self.max_prompt_len}")
+        return None
+
     def encode(
         self, examples: list[dict[str, Any]]
     ) -> tuple[list[list[int]], list[dict[str, np.ndarray]]]:
@@ -211,6 +255,23 @@ class Sampler:
         )
 
 
+def usable_examples(sampler: Sampler, examples: list[dict[str, Any]],
+                    what: str) -> list[dict[str, Any]]:
+    """``examples`` (``what``: e.g. "evaluation") without those ``sampler.prompt_problem``
+    rejects, each named in a warning; raises ``ValueError`` when none is left."""
+    kept = []
+    for example in examples:
+        reason = sampler.prompt_problem(example)
+        if reason is None:
+            kept.append(example)
+        else:
+            logger.warning("leaving %s example %r out: %s", what, example.get("id"), reason)
+    if not kept:
+        raise ValueError(f"none of the {len(examples)} {what} examples can be sampled (see the "
+                         "warnings); raise rollout.max_prompt_len or choose other examples")
+    return kept
+
+
 def prompt_and_completion_tokens(groups: Groups, bucket: int, pad_id: int) -> Batch:
     """Train-batch token arrays for ``N = B * G`` rows: prompt (left-padded) + completion."""
     prompt_tokens, prompt_mask = left_pad(groups.prompt_ids, bucket, pad_id)  # [B, P]
@@ -234,6 +295,7 @@ class SamplingRounds:
     rounds: int
     mixed_groups_kept: int
     sampled: Groups | None = None
+    prompts_skipped: int = 0  # examples passed over for a prompt over max_prompt_len
 
 
 def sample_groups(
@@ -253,8 +315,9 @@ def sample_groups(
     dropped: list[Groups] = []
     drawn: list[Groups] = []
     rounds = 0
+    skipped_before = stream.skipped
     while sum(len(g.examples) for g in kept) < B:
-        examples, positions = stream.take(B)
+        examples, positions = stream.take(B, sampler.prompt_problem)
         groups = sampler.sample(
             params, examples, positions, jax.random.fold_in(key, rounds),
             num_samples=rollout.group_size, max_new_tokens=rollout.max_new_tokens,
@@ -273,7 +336,8 @@ def sample_groups(
     num_mixed = sum(len(g.examples) for g in kept)
     groups = Groups.concatenate([g for g in kept + dropped if len(g.examples)])
     sampled = Groups.concatenate(drawn) if drawn else None
-    return groups.select(np.arange(B)), SamplingRounds(rounds, min(num_mixed, B), sampled)
+    return groups.select(np.arange(B)), SamplingRounds(rounds, min(num_mixed, B), sampled,
+                                                       stream.skipped - skipped_before)
 
 
 def shaped_rewards(groups: Groups, rollout: ml_collections.ConfigDict) -> np.ndarray:
@@ -426,6 +490,7 @@ def collect(
     rewards = shaped_rewards(groups, config.rollout)
     batch = train_batch(groups, tokens, policy, rewards, config, reference_logp)
     out = rollout_metrics(groups, batch, policy, rewards, rounds, sampler.eos_ids)
+    out["prompts_skipped"] = float(rounds.prompts_skipped)
     out.update(sampled_and_kept(lambda g: sampler.task.group_metrics(g.examples, g.rewards),
                                 groups, rounds))
     return batch, out, groups
