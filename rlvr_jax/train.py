@@ -30,6 +30,7 @@ from rlvr_jax import (
     logprobs,
     metric_writer,
     models,
+    prompt_stream,
     rollout,
     sharding,
     tasks,
@@ -125,7 +126,8 @@ def run(config: Any, workdir: str) -> dict[str, float]:
     )
     stream = rollout.PromptStream(task, config.task.train_split, config.seed)
     eval_sampler = dataclasses.replace(sampler, task=eval_task)
-    eval_examples = rollout.usable_examples(eval_sampler, eval_examples, "evaluation")
+    eval_examples = prompt_stream.usable_examples(eval_examples, eval_sampler.prompt_problem,
+                                                  "evaluation")
     eval_tokens = config.eval.max_new_tokens or config.rollout.max_new_tokens
     rollout_key = jax.random.fold_in(jax.random.key(config.seed), 1)
     eval_key = jax.random.fold_in(jax.random.key(config.eval.seed), 2)

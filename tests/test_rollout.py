@@ -21,7 +21,7 @@ from rlvr_jax import advantages, recipes, rollout, train
 from rlvr_jax import config as config_lib
 from rlvr_jax.config import base_config
 from rlvr_jax.logprobs import TokenLogprobs
-from rlvr_jax.tasks.order import epoch_order
+from rlvr_jax.prompt_stream import usable_examples
 from rlvr_jax.tasks.prompts import BOXED_INSTRUCTION, prompt_token_mask
 
 MULTIDEVICE = pathlib.Path(__file__).parent / "multidevice"
@@ -136,39 +136,7 @@ def test_dynamic_sampling_keeps_mixed_groups_and_fills_up_with_dropped_ones():
     np.testing.assert_array_equal(groups.rewards, [[1, 0], [1, 1]])
 
 
-class ListTask:
-    """A task whose split is ``questions`` (examples ``{"id": i, "question": q}``)."""
-
-    def __init__(self, questions):
-        self.data = [{"id": i, "question": q} for i, q in enumerate(questions)]
-
-    def source(self, split):
-        return self.data
-
-
-def test_prompt_stream_passes_over_rejected_examples_and_counts_them(caplog):
-    """Examples 1 and 3 (of 5) are rejected: a stream keeps the epoch order of the others, at
-    their own positions, counts every pass over a rejected one and warns once per example."""
-    task = ListTask(["a", "too long", "b", "too long", "c"])
-    reject = lambda example: "too long" if example["question"] == "too long" else None  # noqa: E731
-    stream = rollout.PromptStream(task, "train", seed=3)
-    order = [int(i) for e in range(4) for i in epoch_order(5, 3, e)]  # 4 epochs
-    with caplog.at_level("WARNING", logger="rlvr_jax.rollout"):
-        examples, positions = stream.take(9, reject)
-    usable = [p for p, i in enumerate(order) if i not in (1, 3)][:9]
-    np.testing.assert_array_equal(positions, usable)
-    assert [e["id"] for e in examples] == [order[p] for p in usable]
-    assert stream.position == usable[-1] + 1
-    assert stream.skipped == stream.position - 9
-    assert sorted(r.getMessage() for r in caplog.records) == [
-        f"passing over example {i} of split 'train': too long" for i in (1, 3)]
-    resumed = rollout.PromptStream(task, "train", seed=3, position=positions[4])
-    np.testing.assert_array_equal(resumed.take(5, reject)[1], positions[4:])  # exact resume
-    with pytest.raises(ValueError, match=r"no example of split 'train' can be used: all 5"):
-        rollout.PromptStream(task, "train", seed=3).take(1, lambda example: "never")
-
-
-def test_sampler_rejects_prompts_over_max_prompt_len_and_drops_them_from_a_fixed_set():
+def test_sampler_rejects_prompts_over_max_prompt_len():
     """The toy tokenizer has one token per character: the prompt is ``<user>`` + question +
     ``<assistant>``, so a question of n characters has n + 2 tokens."""
     from rlvr_jax.tasks import PromptFormat, Task
@@ -182,9 +150,7 @@ def test_sampler_rejects_prompts_over_max_prompt_len_and_drops_them_from_a_fixed
     assert sampler.prompt_problem(fits) is None
     assert sampler.prompt_problem(over) == (
         "its prompt has 9 tokens, more than rollout.max_prompt_len=8")
-    assert rollout.usable_examples(sampler, [over, fits, over], "evaluation") == [fits]
-    with pytest.raises(ValueError, match="none of the 1 evaluation examples can be sampled"):
-        rollout.usable_examples(sampler, [over], "evaluation")
+    assert usable_examples([over, fits, over], sampler.prompt_problem, "evaluation") == [fits]
 
 
 def test_outcome_metrics_describe_every_sampled_group_and_the_kept_ones_apart():

@@ -438,7 +438,7 @@ def test_a_read_only_checkpoint_directory_stops_the_run_at_start(tmp_path, model
         if not shutil.which("setpriv"):
             pytest.skip("root ignores mode bits, and setpriv is missing to drop that")
         command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT,
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT,
                           env=dict(os.environ, PYTHONPATH=f"{ROOT}:{E2E}", JAX_PLATFORMS="cpu"))
     (workdir / "checkpoints").chmod(0o755)
     assert done.returncode != 0
@@ -490,7 +490,8 @@ def long_prompt_run(tmp_path_factory, model_dir):
     workdir = tmp_path_factory.mktemp("long_prompts") / "run"
     with pytest.MonkeyPatch.context() as patch:
         warnings = []
-        patch.setattr(train.rollout.logger, "warning", lambda *args: warnings.append(args))
+        patch.setattr(train.prompt_stream.logger, "warning",
+                      lambda *args: warnings.append(args))
         last = train.run(long_prompt_config(model_dir, 2), str(workdir))
     return workdir, last, [message % tuple(args) for message, *args in warnings]
 
