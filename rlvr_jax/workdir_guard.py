@@ -61,7 +61,7 @@ def _acquire(workdir: str) -> int:
 
 def _check_writable(directory: str, what: str) -> None:
     """Creates ``directory`` if needed and writes and removes a file in it."""
-    probe = os.path.join(directory, f".write_check.{os.getpid()}")
+    probe = os.path.join(directory, f".write_check.{socket.gethostname()}.{os.getpid()}")
     try:
         os.makedirs(directory, exist_ok=True)
         with open(probe, "w") as file:
