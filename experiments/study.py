@@ -134,12 +134,9 @@ def differences(runs: Sequence[StudyRun]) -> dict[str, dict[str, Any]]:
 
 def final_evaluation_recorded(run: StudyRun) -> bool:
     """Whether ``run`` finished: its records hold the evaluation after the last step."""
-    from rlvr_jax import metric_writer
+    from rlvr_jax import evaluation
 
-    path = os.path.join(run.workdir, metric_writer.RECORDS_FILE)
-    return os.path.exists(path) and any(
-        record["step"] == run.config.total_steps and "eval" in record
-        for record in metric_writer.read_metrics(path))
+    return evaluation.recorded(run.workdir, run.config.total_steps)
 
 
 def steps_done(run: StudyRun) -> int:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from collections.abc import Callable, Mapping
 from typing import Literal
 
@@ -514,6 +515,30 @@ ESTIMATORS: Mapping[str, EstimatorSpec] = {
     "lens": EstimatorSpec(lens, ("logp", "response_mask")),
     "progrpo": EstimatorSpec(progrpo, ("logp", "response_mask", "prompt_logp", "prompt_mask")),
 }
+
+
+OPTION_RANGES: Mapping[str, tuple[Callable[[object], bool], str]] = {
+    "std_ddof": (lambda v: v in (0, 1), "0 or 1"),
+    "eps": (lambda v: v >= 0.0, ">= 0 (a negative eps can make the std denominator 0: "
+            "infinite advantages)"),
+    "alpha": (lambda v: v >= 0.0, ">= 0 (a negative strength reverses the method)"),
+    "beta_pos": (lambda v: v >= 0.0, ">= 0"),
+    "beta_neg": (lambda v: v >= 0.0, ">= 0"),
+    "rho_low": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    "confidence": (lambda v: v in typing.get_args(Confidence), str(typing.get_args(Confidence))),
+    "all_wrong_weighting": (lambda v: v in ALL_WRONG_WEIGHTINGS, str(ALL_WRONG_WEIGHTINGS)),
+}
+"""Option name -> (whether a value is valid, the valid range), for every estimator that takes
+the option; NaN fails every comparison."""
+
+
+def check_options(options: Mapping[str, object]) -> None:
+    """Raises ``ValueError`` naming the ``advantage.options.<key>`` whose value is out of range."""
+    for key, value in options.items():
+        if key in OPTION_RANGES and not OPTION_RANGES[key][0](value):
+            raise ValueError(
+                f"advantage.options.{key}={value!r} must be {OPTION_RANGES[key][1]}"
+            )
 
 
 def spec(name: str) -> EstimatorSpec:

@@ -10,9 +10,11 @@ Orbax's ``CheckpointManager`` owns the policy: it saves when ``step`` is a multi
 ``keep_last`` steps, writes in the background when ``async_save`` is on, and writes each step
 to a temporary directory that it renames when complete (and removes, if left by a crash,
 when the next manager opens). ``restore`` takes the newest step; if that one is unreadable
-(truncated files, an item missing, never committed) it warns, moves it to
-``<dir>/corrupt/<step>.<unix time>`` so the step can be written again, and restores the one
-before it.
+(truncated files, an item missing, never committed, a host state the caller's ``check_host``
+refuses) it warns, moves it to ``<dir>/corrupt/<step>.<unix time>`` so the step can be written
+again, and restores the one before it. A readable step whose arrays do not fit the requested
+state (another model or optimizer) is no corruption: ``restore`` raises
+:class:`IncompatibleCheckpointError` naming the arrays that differ and moves nothing.
 
 Preemption (SIGTERM from Cloud TPU or SLURM, or Ctrl-C) goes through :class:`PreemptionGuard`:
 the loop asks ``guard.should_stop(step)`` at every step boundary, saves with ``force=True``
@@ -35,6 +37,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -47,7 +50,41 @@ logger = logging.getLogger(__name__)
 
 _STATE_ITEM = "state"
 _HOST_ITEM = "host"
+_HOST_FILE = "metadata"  # the host JSON inside the host item (orbax's default name)
 _CORRUPT_SUBDIR = "corrupt"
+
+
+class IncompatibleCheckpointError(ValueError):
+    """A readable checkpoint whose arrays do not fit the state the run asks for (another model
+    or optimizer); it is left in place."""
+
+
+def _array_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """``"params/layer/kernel" -> shape`` for every array leaf of a state pytree or of orbax's
+    metadata tree of one (where a dataclass or named tuple became a dict); PRNG keys count as
+    their key data."""
+
+    def name(entry: Any) -> str:
+        for attribute in ("key", "name", "idx"):
+            if hasattr(entry, attribute):
+                return str(getattr(entry, attribute))
+        return str(entry)
+
+    shapes = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):  # saved as its key data
+            leaf = jax.eval_shape(jax.random.key_data, leaf)
+        shapes["/".join(name(entry) for entry in path)] = tuple(leaf.shape)
+    return shapes
+
+
+def _shape_mismatches(saved: dict[str, tuple], wanted: dict[str, tuple]) -> list[str]:
+    """One line per array that is missing, extra or reshaped in ``saved`` vs ``wanted``."""
+    lines = [f"{path}: {saved[path]} in the checkpoint, {wanted[path]} in this run"
+             for path in sorted(saved.keys() & wanted.keys()) if saved[path] != wanted[path]]
+    lines += [f"{path}: not in the checkpoint" for path in sorted(wanted.keys() - saved.keys())]
+    lines += [f"{path}: only in the checkpoint" for path in sorted(saved.keys() - wanted.keys())]
+    return lines
 
 
 class RestoredCheckpoint(NamedTuple):
@@ -87,8 +124,10 @@ class Checkpointer:
             cleanup_tmp_directories=True,
         )
         self.directory = epath.Path(directory).absolute()
-        self.manager = ocp.CheckpointManager(self.directory, item_names=(_STATE_ITEM, _HOST_ITEM),
-                                             options=options)
+        handlers = {_STATE_ITEM: ocp.StandardCheckpointHandler(),  # given, so that a new
+                    _HOST_ITEM: ocp.JsonCheckpointHandler(_HOST_FILE)}  # manager reads metadata
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_handlers=handlers)
 
     def save(self, step: int, state: Any, host_state: dict[str, Any], *,
              force: bool = False) -> bool:
@@ -109,13 +148,21 @@ class Checkpointer:
         """The newest saved step, or ``None`` when there is none."""
         return self.manager.latest_step()
 
-    def restore(self, abstract_state: Any, shardings: Any) -> RestoredCheckpoint:
+    def restore(self, abstract_state: Any, shardings: Any,
+                check_host: Callable[[dict[str, Any]], None] | None = None) -> RestoredCheckpoint:
         """The newest readable step, placed in ``shardings``.
 
         Args:
           abstract_state: pytree of ``jax.ShapeDtypeStruct`` (``jax.eval_shape`` of the init)
             with the structure of the saved state.
           shardings: matching pytree of ``jax.sharding.Sharding``; any mesh works.
+          check_host: raises ``ValueError`` (or ``KeyError``, ``TypeError``) on a host state
+            the caller cannot use; such a step counts as unreadable.
+
+        Raises:
+          IncompatibleCheckpointError: the newest readable step holds arrays of other names or
+            shapes than ``abstract_state`` (written by a run with another model or optimizer);
+            the message lists them, and nothing is moved.
         """
         target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                               abstract_state, shardings)
@@ -123,15 +170,17 @@ class Checkpointer:
         if not steps:
             raise FileNotFoundError(f"No checkpoint steps found in {self.directory}.")
         try:
-            return self._restore_step(steps[0], target)
-        except Exception as error:  # any failure to load means the step is unusable
+            return self._restore_step(steps[0], target, check_host)
+        except IncompatibleCheckpointError:
+            raise
+        except Exception as error:  # any other failure to load means the step is unusable
             if len(steps) == 1:
                 raise
             logger.warning("Checkpoint step %d in %s is unreadable (%s: %s); moving it to %s "
                            "and restoring step %d.", steps[0], self.directory,
                            type(error).__name__, str(error)[:500], _CORRUPT_SUBDIR, steps[1])
         self._move_aside(steps[0])
-        return self._restore_step(steps[1], target)
+        return self._restore_step(steps[1], target, check_host)
 
     def close(self) -> None:
         """Waits for a background save to be committed and releases the manager."""
@@ -143,15 +192,35 @@ class Checkpointer:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _restore_step(self, step: int, target: Any) -> RestoredCheckpoint:
+    def _restore_step(self, step: int, target: Any,
+                      check_host: Callable[[dict[str, Any]], None] | None) -> RestoredCheckpoint:
         # On file systems without atomic renames (GCS) orbax marks a finished step by its
         # commit time; a step without one was cut short, though orbax would still load it.
         if self.manager.metadata(step).commit_timestamp_nsecs is None:
             raise ValueError(f"checkpoint step {step} was never committed")
+        saved = self.manager.item_metadata(step)[_STATE_ITEM]
+        if saved is not None:  # None: no array metadata to compare (orbax reads it if present)
+            mismatches = _shape_mismatches(_array_shapes(saved), _array_shapes(target))
+            if mismatches:
+                raise IncompatibleCheckpointError(
+                    f"checkpoint step {step} in {self.directory} was written for another model "
+                    f"or optimizer than this run's ({len(mismatches)} arrays differ): "
+                    + "; ".join(mismatches[:5]) + ("; ..." if len(mismatches) > 5 else "")
+                    + ". Resume with the config it was written with (in its host state and "
+                    "<workdir>/config.json) or start a new workdir."
+                )
         args = ocp.args.Composite(**{_STATE_ITEM: ocp.args.StandardRestore(target),
                                      _HOST_ITEM: ocp.args.JsonRestore()})
         restored = self.manager.restore(step, args=args)
-        return RestoredCheckpoint(step, restored[_STATE_ITEM], dict(restored[_HOST_ITEM]))
+        host_state = dict(restored[_HOST_ITEM])
+        if check_host is not None:
+            try:
+                check_host(host_state)
+            except (KeyError, TypeError, ValueError) as error:
+                path = self.directory / str(step) / _HOST_ITEM / _HOST_FILE
+                raise ValueError(f"host state {path} of checkpoint step {step} is unusable: "
+                                 f"{error}") from None
+        return RestoredCheckpoint(step, restored[_STATE_ITEM], host_state)
 
     def _move_aside(self, step: int) -> None:
         if jax.process_index() == 0:

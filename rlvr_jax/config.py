@@ -23,7 +23,7 @@ section                             keyword arguments of
 
 The other sections (their keys are documented where they are read)::
 
-    seed, total_steps
+    seed, total_steps (0: an evaluation-only run, with eval.at_start)
     model:      name (preset, HF directory or .gguf), tokenizer (None: same as name), dtype,
                 param_dtype, remat_policy, cache_dir
     task:       name (``tasks.names()``), options, train_split, eval_split
@@ -54,15 +54,18 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax.numpy as jnp
 import ml_collections
 
-from rlvr_jax import advantages, logprobs, losses, optimizer, sampling
+from rlvr_jax import advantages, logprobs, losses, optimizer, sampling, sharding
 from rlvr_jax.tasks.prompts import PROMPT_TOKENS
+from rlvr_jax.tasks.registry import check_name as check_task_name
 
 placeholder = ml_collections.config_dict.placeholder
 OPEN_SECTIONS = ("task.options", "eval.task_options")
@@ -192,11 +195,24 @@ def check_options(fn: Callable[..., Any], options: Mapping[str, Any], where: str
         )
 
 
-def _positive(config: ml_collections.ConfigDict, *paths: str) -> None:
+def _value(config: ml_collections.ConfigDict, path: str) -> Any:
+    for key in path.split("."):
+        config = config[key]
+    return config
+
+
+def _at_least(config: ml_collections.ConfigDict, minimum: int, *paths: str) -> None:
     for path in paths:
-        section, key = path.split(".")
-        if config[section][key] < 1:
-            raise ValueError(f"{path} must be >= 1, got {config[section][key]}")
+        if not _value(config, path) >= minimum:
+            raise ValueError(f"{path} must be >= {minimum}, got {_value(config, path)}")
+
+
+def _strategy(config: ml_collections.ConfigDict, path: str) -> sampling.SamplingStrategy:
+    """The ``SamplingStrategy`` of section ``path``; a bad value's error names its key."""
+    try:
+        return sampling.SamplingStrategy(**_value(config, path))
+    except ValueError as error:  # "top_p must be in (0, 1], got 0.0"
+        raise ValueError(f"{path}.{error}") from None
 
 
 def _check_training_sampling(strategy: sampling.SamplingStrategy) -> None:
@@ -256,21 +272,84 @@ def _check_estimator_conventions(config: ml_collections.ConfigDict) -> None:
         )
 
 
+def _check_model_dtypes(model: ml_collections.ConfigDict) -> None:
+    """Valid dtype names, and f32 storage of the trained weights.
+
+    An optimizer update is applied to the stored weights: in bfloat16 (8 significant bits) an
+    update smaller than half the spacing at the weight's magnitude rounds away (``1.0 + 1e-6``
+    is ``1.0``), so at RL learning rates most updates are lost. ``param_dtype='float32'`` with
+    ``dtype='bfloat16'`` keeps f32 master weights and computes in bf16 (each use casts them),
+    in no more memory than bf16 weights plus a separate f32 master copy would take.
+    """
+    for key in ("dtype", "param_dtype"):
+        try:
+            jnp.dtype(model[key])
+        except TypeError:
+            raise ValueError(f"model.{key}={model[key]!r} is not a dtype name") from None
+    if jnp.dtype(model.param_dtype) != jnp.float32:
+        raise ValueError(
+            f"model.param_dtype={model.param_dtype!r} would store the trained weights in a "
+            "low-precision type, where most optimizer updates at RL learning rates round away; "
+            "train with model.param_dtype='float32' (f32 master weights) and set "
+            "model.dtype='bfloat16' to compute in bfloat16"
+        )
+
+
+def _check_lengths_and_counts(config: ml_collections.ConfigDict) -> None:
+    """Sizes and counts, each ``>= 1`` (``>= 0`` where 0 means off), before any check that
+    combines them."""
+    if config.total_steps < 0 or (config.total_steps == 0 and not config.eval.at_start):
+        raise ValueError(
+            f"total_steps must be >= 1 (0: an evaluation-only run, with eval.at_start=True), "
+            f"got {config.total_steps}"
+        )
+    if config.rollout.group_size < 2:
+        raise ValueError(
+            f"rollout.group_size={config.rollout.group_size}: every advantage estimator measures "
+            "a response against the others of its group, so with fewer than 2 responses per "
+            "group the advantages are 0 (ProGRPO keeps only its ARM term) and the policy does "
+            "not learn; use rollout.group_size >= 2"
+        )
+    _at_least(config, 1, "rollout.prompts_per_step", "rollout.max_prompt_len",
+              "rollout.max_new_tokens", "rollout.prompt_bucket", "rollout.length_bucket",
+              "rollout.max_sampling_rounds", "batching.epochs", "batching.mini_batches",
+              "batching.micro_batches", "batching.logprob_chunk_size", "eval.num_prompts",
+              "eval.samples_per_prompt")
+    _at_least(config, 0, "eval.every_steps", "checkpoint.save_every_steps",
+              "checkpoint.keep_last", "logging.num_sample_texts", "rollout.overlong_coef")
+    if config.eval.max_new_tokens is not None:
+        _at_least(config, 1, "eval.max_new_tokens")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Checks the values that can be checked without loading anything.
+    """Checks the values that can be checked without loading anything (and without devices:
+    :func:`validate_devices` checks the rest once they are known).
 
     Raises ``ValueError`` naming the offending key. Keys themselves are checked by the lock.
     """
+    _check_lengths_and_counts(config)
+    _check_model_dtypes(config.model)
+    check_task_name(config.task.name, "task.name")
+    if config.eval.task:
+        check_task_name(config.eval.task, "eval.task")
     estimator = advantages.spec(config.advantage.estimator)
     check_options(estimator.fn, config.advantage.options, "advantage.options", estimator.inputs,
                   hint="; a recipe variant (configs/<recipe>.py:<variant>) sets an estimator "
                   "together with its options")
+    missing = sorted(set(keyword_defaults(estimator.fn, exclude=estimator.inputs))
+                     - set(config.advantage.options))
+    if missing:  # a key that is not there cannot be set on the command line either
+        raise ValueError(
+            f"advantage.options lacks {missing} of {config.advantage.estimator}: set an "
+            "estimator with recipes.apply_variant(config, <variant>), which writes each of its "
+            "options with its default, so that any can be set (--config.advantage.options."
+            "<key>=<value>)"
+        )
+    advantages.check_options(config.advantage.options)
     losses.check_settings(**config.loss)
     optimizer.make_optimizer(**config.optim)
-    _check_training_sampling(sampling.SamplingStrategy(**config.rollout.sampling))
-    sampling.SamplingStrategy(**config.eval.sampling)
-    _positive(config, "rollout.group_size", "rollout.prompts_per_step", "batching.epochs",
-              "batching.mini_batches", "batching.micro_batches", "batching.logprob_chunk_size")
+    _check_training_sampling(_strategy(config, "rollout.sampling"))
+    _strategy(config, "eval.sampling")
     rollout = config.rollout
     if rollout.old_logp_source not in ("trainer", "sampler"):
         raise ValueError(
@@ -293,4 +372,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"rollout.prompts_per_step x rollout.group_size = {sequences} sequences do not split "
             f"into batching.mini_batches x batching.micro_batches = {per_update}"
+        )
+
+
+def validate_devices(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """The checks that need the device count: the mesh (``mesh.*``, -1 resolved) and that the
+    rollout's ``rollout.prompts_per_step x rollout.group_size`` sequences divide over the
+    devices of the batch mesh axes (``sharding.logical_axis_rules``), as every rollout's
+    log-prob pass and train step shard them. Raises ``ValueError`` naming the keys."""
+    sizes = sharding.mesh_shape(config.mesh, num_devices)
+    axes = sharding.batch_partition_spec(sharding.rules_from_config(config.sharding))[0]
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    devices = math.prod(sizes[axis] for axis in axes)
+    sequences = config.rollout.prompts_per_step * config.rollout.group_size
+    if sequences % devices:
+        raise ValueError(
+            f"rollout.prompts_per_step x rollout.group_size = {sequences} sequences do not "
+            f"divide over the {devices} devices of the batch mesh axes "
+            f"({', '.join(f'mesh.{axis}={sizes[axis]}' for axis in axes)} on {num_devices} "
+            "devices); change the batch or the mesh"
         )

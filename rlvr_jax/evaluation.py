@@ -12,13 +12,14 @@ the mean entropy of the sampling distribution.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
-from rlvr_jax import metrics, sampling
+from rlvr_jax import metric_writer, metrics, sampling
 from rlvr_jax.rollout import Groups, Sampler
 
 
@@ -80,3 +81,10 @@ def prompt_records(groups: Groups) -> dict[str, list[Any]]:
         "distinct_correct_answers": distinct_correct.tolist(),
         "response_length": groups.completion_mask.sum(-1).mean(-1).tolist(),
     }
+
+
+def recorded(workdir: str, step: int) -> bool:
+    """Whether the run in ``workdir`` recorded an evaluation at ``step`` (``records.jsonl``)."""
+    path = os.path.join(workdir, metric_writer.RECORDS_FILE)
+    return os.path.exists(path) and any(
+        record["step"] == step and "eval" in record for record in metric_writer.read_metrics(path))

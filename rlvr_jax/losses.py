@@ -95,8 +95,12 @@ def check_settings(
     kl_kind: str, entropy_coef: float, aggregation: str, max_len: int | None,
 ) -> None:
     """Raises ``ValueError`` naming the setting of :func:`policy_loss` that is out of range."""
-    del kl_coef, entropy_coef, max_len  # any value is valid
+    del entropy_coef  # any value is valid (negative: an entropy penalty)
     _check_aggregation(aggregation)
+    if not kl_coef >= 0.0:  # a negative weight would reward moving away from the reference
+        raise ValueError(f"loss.kl_coef must be >= 0, got {kl_coef}")
+    if max_len is not None and max_len < 1:
+        raise ValueError(f"loss.max_len must be >= 1 (or None: the response length), got {max_len}")
     if kl_kind not in KL_KINDS:
         raise ValueError(f"unknown KL estimator {kl_kind!r}; expected one of {KL_KINDS}")
     for name, value in (("clip_low", clip_low), ("clip_high", clip_high)):

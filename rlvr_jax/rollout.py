@@ -6,7 +6,9 @@ thing (:func:`collect` composes them):
 
 1. :func:`sample_groups`: ``B`` prompts from a deterministic, resumable :class:`PromptStream`,
    chat-formatted and left-padded (lengths rounded up to ``rollout.prompt_bucket``), ``G``
-   completions each, verified into rewards ``[B, G]`` (process pool, timeouts). Random numbers
+   completions each, verified into rewards ``[B, G]`` (process pool, timeouts). An example
+   whose prompt is over ``rollout.max_prompt_len`` is passed over with a warning and counted
+   (``prompts_skipped``), so one bad example never stops a run or its resume. Random numbers
    depend only on the run seed, the step and the prompt's stream position, so two runs that
    differ only in the estimator see identical first rollouts (paired-seed experiments). With
    ``rollout.dynamic_sampling`` groups whose rewards are all equal are dropped and new prompts
@@ -41,38 +43,11 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from rlvr_jax import advantages, logprobs, metrics, models, sampling, shaping
+from rlvr_jax.prompt_stream import PromptStream
 from rlvr_jax.rewards.distributed import verify_across_processes
-from rlvr_jax.tasks.order import epoch_order
 from rlvr_jax.tasks.prompts import encode_prompt, prompt_token_mask
 
 Batch = dict[str, np.ndarray]
-
-
-class PromptStream:
-    """Examples of one task split in a seeded order, addressed by a global position.
-
-    Position ``i`` is example ``epoch_order(n, seed, i // n)[i % n]``: the stream is endless
-    (reshuffled each epoch), identical on every host, and resumes exactly from ``position``.
-    """
-
-    def __init__(self, task: Any, split: str, seed: int, position: int = 0):
-        self.source = task.source(split)
-        self.seed = seed
-        self.position = position
-        self._epoch: tuple[int, np.ndarray] | None = None
-
-    def _order(self, epoch: int) -> np.ndarray:
-        if self._epoch is None or self._epoch[0] != epoch:
-            self._epoch = (epoch, epoch_order(len(self.source), self.seed, epoch))
-        return self._epoch[1]
-
-    def take(self, n: int) -> tuple[list[dict[str, Any]], np.ndarray]:
-        """The next ``n`` examples and their global positions ``[n]``."""
-        positions = np.arange(self.position, self.position + n)
-        size = len(self.source)
-        examples = [self.source[int(self._order(p // size)[p % size])] for p in positions]
-        self.position += n
-        return examples, positions
 
 
 def left_pad(sequences: list[list[int]], bucket: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -150,6 +125,15 @@ class Sampler:
     eos_ids: tuple[int, ...]
     pad_id: int
     unstack_layers: bool  # sampling.generate's per-layer decode loop
+
+    def prompt_problem(self, example: dict[str, Any]) -> str | None:
+        """Why ``example`` cannot be sampled (its prompt is over ``max_prompt_len`` tokens), or
+        None when it can: the ``reject`` of :meth:`PromptStream.take`."""
+        prompt = encode_prompt(self.task.render_prompt(example, self.tokenizer), self.tokenizer)
+        if len(prompt.ids) > self.max_prompt_len:
+            return (f"its prompt has {len(prompt.ids)} tokens, more than "
+                    f"rollout.max_prompt_len={self.max_prompt_len}")
+        return None
 
     def encode(
         self, examples: list[dict[str, Any]]
@@ -234,6 +218,7 @@ class SamplingRounds:
     rounds: int
     mixed_groups_kept: int
     sampled: Groups | None = None
+    prompts_skipped: int = 0  # examples passed over for a prompt over max_prompt_len
 
 
 def sample_groups(
@@ -253,8 +238,9 @@ def sample_groups(
     dropped: list[Groups] = []
     drawn: list[Groups] = []
     rounds = 0
+    skipped_before = stream.skipped
     while sum(len(g.examples) for g in kept) < B:
-        examples, positions = stream.take(B)
+        examples, positions = stream.take(B, sampler.prompt_problem)
         groups = sampler.sample(
             params, examples, positions, jax.random.fold_in(key, rounds),
             num_samples=rollout.group_size, max_new_tokens=rollout.max_new_tokens,
@@ -273,7 +259,8 @@ def sample_groups(
     num_mixed = sum(len(g.examples) for g in kept)
     groups = Groups.concatenate([g for g in kept + dropped if len(g.examples)])
     sampled = Groups.concatenate(drawn) if drawn else None
-    return groups.select(np.arange(B)), SamplingRounds(rounds, min(num_mixed, B), sampled)
+    return groups.select(np.arange(B)), SamplingRounds(rounds, min(num_mixed, B), sampled,
+                                                       stream.skipped - skipped_before)
 
 
 def shaped_rewards(groups: Groups, rollout: ml_collections.ConfigDict) -> np.ndarray:
@@ -432,6 +419,7 @@ def collect(
     rewards = shaped_rewards(groups, config.rollout)
     batch = train_batch(groups, tokens, policy, rewards, config, reference_logp)
     out = rollout_metrics(groups, batch, policy, rewards, rounds, sampler.eos_ids)
+    out["prompts_skipped"] = float(rounds.prompts_skipped)
     out.update(sampled_and_kept(lambda g: sampler.task.group_metrics(g.examples, g.rewards),
                                 groups, rounds))
     return batch, out, groups

@@ -31,9 +31,11 @@ from rlvr_jax import (
     logprobs,
     metric_writer,
     models,
+    prompt_stream,
     rollout,
     sharding,
     tasks,
+    workdir_guard,
 )
 from rlvr_jax import config as config_lib
 from rlvr_jax import optimizer as optimizer_lib
@@ -50,6 +52,14 @@ def _sample_texts(groups: rollout.Groups, count: int) -> dict[str, str]:
             f"REWARD: {groups.rewards[i, 0]:.0f}\nCOMPLETION: {groups.texts[i][0]}"
         )
     return texts
+
+
+def _stream_position(host_state: dict[str, Any]) -> int:
+    """The prompt stream's position in a checkpoint's host state; ValueError if it is none."""
+    position = host_state["stream_position"]
+    if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+        raise ValueError(f"stream_position={position!r} is not a non-negative integer")
+    return position
 
 
 def held_out_report(eval_examples: list[dict[str, Any]], task: tasks.Task,
@@ -80,7 +90,9 @@ def run(config: Any, workdir: str, *, model_store: models.ModelStore | None = No
     tx, schedule = optimizer_lib.make_optimizer(
         optimizer_lib.updates_per_rl_step(config.batching), **config.optim)
     sharding.initialize_distributed()
+    config_lib.validate_devices(config, jax.device_count())
     os.makedirs(workdir, exist_ok=True)
+    workdir_guard.check_usable(workdir, os.path.join(workdir, "checkpoints"))
     main_process = jax.process_index() == 0
     mesh = sharding.make_mesh(config.mesh)
     rules = sharding.rules_from_config(config.sharding)
@@ -119,6 +131,8 @@ def run(config: Any, workdir: str, *, model_store: models.ModelStore | None = No
     )
     stream = rollout.PromptStream(task, config.task.train_split, config.seed)
     eval_sampler = dataclasses.replace(sampler, task=eval_task)
+    eval_examples = prompt_stream.usable_examples(eval_examples, eval_sampler.prompt_problem,
+                                                  "evaluation")
     eval_tokens = config.eval.max_new_tokens or config.rollout.max_new_tokens
     rollout_key = jax.random.fold_in(jax.random.key(config.seed), 1)
     eval_key = jax.random.fold_in(jax.random.key(config.eval.seed), 2)
@@ -142,15 +156,16 @@ def run(config: Any, workdir: str, *, model_store: models.ModelStore | None = No
     plain_config = config.to_dict()  # written with every checkpoint and to config.json
     ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
     last: dict[str, float] = {}
-    with checkpoint.Checkpointer(
+    with workdir_guard.exclusive(workdir), checkpoint.Checkpointer(
         ckpt_dir, save_every_steps=config.checkpoint.save_every_steps,
         keep_last=config.checkpoint.keep_last, async_save=config.checkpoint.async_save,
     ) as ckpt, checkpoint.PreemptionGuard(ckpt) as guard:
         start = 0
         if ckpt.latest_step() is not None:
-            restored = ckpt.restore(jax.eval_shape(lambda: state), shardings)
+            restored = ckpt.restore(jax.eval_shape(lambda: state), shardings,
+                                    check_host=_stream_position)
             state, start = restored.state, restored.step
-            stream.position = int(restored.host_state["stream_position"])
+            stream.position = _stream_position(restored.host_state)
         with metric_writer.MetricWriter(
             workdir, plain_config, tensorboard=config.logging.tensorboard,
             wandb=config.logging.wandb, wandb_project=config.logging.wandb_project,
@@ -160,6 +175,8 @@ def run(config: Any, workdir: str, *, model_store: models.ModelStore | None = No
             disable=not main_process)) as bar:
             if start == 0 and config.eval.at_start:
                 last.update(run_eval(0, log))
+            if start == total and not evaluation.recorded(workdir, total):
+                last.update(run_eval(total, log))  # stopped after the final save, before this
             for step in range(start, total):
                 began = time.perf_counter()
                 batch, stats, groups = rollout.collect(
@@ -179,13 +196,13 @@ def run(config: Any, workdir: str, *, model_store: models.ModelStore | None = No
                 log.scalars(step + 1, scalars)
                 log.texts(step + 1, _sample_texts(groups, config.logging.num_sample_texts))
                 last.update(scalars)
-                every = config.eval.every_steps
-                if (every and (step + 1) % every == 0) or step + 1 == total:
-                    last.update(run_eval(step + 1, log))
                 stop = guard.should_stop(step + 1)
                 ckpt.save(step + 1, state, {"stream_position": stream.position,
                                             "config": plain_config},
-                          force=stop or step + 1 == total)
+                          force=stop or step + 1 == total)  # before an evaluation can fail
+                every = config.eval.every_steps
+                if (every and (step + 1) % every == 0) or step + 1 == total:
+                    last.update(run_eval(step + 1, log))
                 bar.set_postfix({
                     "reward": stats["reward_mean"], "pass@1": last.get("eval/pass@1", 0.0),
                     "tok/s": scalars["time/tokens_per_second"]}, refresh=False)
@@ -208,7 +225,16 @@ def _parse_flags(argv: list[str]) -> list[str]:
         return flags.FLAGS(argv)
     except (AttributeError, KeyError) as error:
         overrides = [arg for arg in argv if arg.startswith("--config.")]
-        message = str(error.args[0] if error.args else error).strip("\"'")
+        while error.args and isinstance(error.args[0], BaseException):  # a wrapped KeyError
+            error = error.args[0]
+        missing, *rest = str(error.args[0] if error.args else error).split("\n")
+        missing = missing.strip("\"'")
+        message = "\n".join([missing, *rest])  # "<key>[\nDid you mean ...?]"
+        if not rest and any(arg.startswith(f"--config.advantage.options.{missing}=")
+                            for arg in overrides):
+            message += ("\n(advantage.options holds the options of the recipe variant's "
+                        "estimator; for another estimator's options choose it as the variant: "
+                        "--config=configs/<recipe>.py:<variant>)")
         sys.exit(f"error: unknown config key in {' '.join(overrides)}: {message}")
 
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -265,3 +266,55 @@ def test_sigterm_saves_at_step_boundary_and_exits_cleanly(tmp_path):
     assert restored.step == saved_step
     assert restored.host_state == {"data_position": saved_step}
     _assert_bitwise_equal(restored.state, expected)
+
+
+def _norm_resized(state, size):
+    """``state`` with ``params/norm`` (and its AdamW moments) of ``size`` entries."""
+    params = {**state["params"], "norm": jnp.ones((size,))}
+    return {**state, "params": params, "opt_state": toy_train.OPTIMIZER.init(params)}
+
+
+def test_a_checkpoint_of_another_model_names_the_arrays_and_moves_nothing(tmp_path):
+    with ckpt_lib.Checkpointer(tmp_path, save_every_steps=1, async_save=False) as ckpt:
+        for step in (1, 2):
+            ckpt.save(step, init_state(0), {"data_position": step})
+    abstract = jax.eval_shape(lambda: _norm_resized(toy_train.init_state(0), 9))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    with pytest.raises(ckpt_lib.IncompatibleCheckpointError) as raised:
+        ckpt_lib.Checkpointer(tmp_path).restore(abstract, jax.tree.map(lambda _: device, abstract))
+    message = str(raised.value)
+    assert message.startswith(f"checkpoint step 2 in {tmp_path} was written for another model "
+                              "or optimizer than this run's (3 arrays differ): ")
+    for path in ("params/norm", "opt_state/0/mu/norm", "opt_state/0/nu/norm"):
+        assert f"{path}: (8,) in the checkpoint, (9,) in this run" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1", "2"]  # nothing moved aside
+    assert _restore(ckpt_lib.Checkpointer(tmp_path)).step == 2  # the right run still resumes
+
+
+def _position(host_state):
+    position = host_state["data_position"]
+    if not isinstance(position, int):
+        raise ValueError(f"data_position={position!r} is not an integer")
+
+
+def test_a_bad_host_state_names_its_file_and_falls_back(tmp_path, caplog):
+    with ckpt_lib.Checkpointer(tmp_path, save_every_steps=1, async_save=False) as ckpt:
+        for step in (1, 2):
+            ckpt.save(step, init_state(step), {"data_position": step})
+    host_file = tmp_path / "2" / "host" / "metadata"
+    host_file.write_text('{"data_position": "two"}')
+    abstract = _abstract_state()
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    with caplog.at_level(logging.WARNING, logger="rlvr_jax.checkpoint"):
+        restored = ckpt_lib.Checkpointer(tmp_path).restore(
+            abstract, jax.tree.map(lambda _: device, abstract), check_host=_position)
+    assert (restored.step, restored.host_state) == (1, {"data_position": 1})
+    _assert_bitwise_equal(restored.state, init_state(1))
+    assert any(f"host state {host_file} of checkpoint step 2 is unusable: data_position='two' "
+               "is not an integer" in r.getMessage() for r in caplog.records)
+    host_file = tmp_path / "1" / "host" / "metadata"
+    host_file.write_text("{}")  # no fallback left: the error names the file
+    with pytest.raises(ValueError, match=rf"host state {host_file} of checkpoint step 1 is "
+                                         "unusable: 'data_position'"):
+        ckpt_lib.Checkpointer(tmp_path).restore(
+            abstract, jax.tree.map(lambda _: device, abstract), check_host=_position)

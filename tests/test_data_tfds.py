@@ -172,3 +172,38 @@ def test_missing_files_and_unprepared_data_are_clear_errors(tmp_path):
         load_source("aime", "test", str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="unknown data set 'gsm9k'"):
         load_source("gsm9k", "test", str(tmp_path / "tfds"))
+
+
+_OK_ROW = '{"question": "q", "answer": "#### 1"}\n'
+
+
+@pytest.mark.parametrize(
+    ("name", "files", "message"),
+    [
+        ("gsm8k", {"train.jsonl": _OK_ROW.encode() + b'{"question": "caf\xe9", "answer": "1"}\n'},
+         r"train.jsonl:2: not UTF-8 \(byte 0xe9 at byte offset 17\)"),
+        ("gsm8k", {"train.jsonl": b"\n"}, r"train.jsonl: no rows \(an empty file\)"),
+        ("gsm8k", {"train.jsonl": b'{"question": {"text": "q"}, "answer": "#### 1"}\n'},
+         r"train.jsonl:1: field 'question' is of type dict, expected str"),
+        ("aime", {"aime.jsonl": b'{"problem": "p", "answer": [204]}\n'},
+         r"aime.jsonl:1: field 'answer' is of type list, expected str or int or float"),
+        ("dapo_math", {"dapo.jsonl": b'{"prompt": ["What is 6*7?"], "answer": "42"}\n'},
+         r"dapo.jsonl:1: prompt is a list but not of \{role, content\} messages"),
+        ("dapo_math", {"dapo.jsonl": b'{"prompt": [{"role": "user"}], "answer": "42"}\n'},
+         r"dapo.jsonl:1: last user message: missing field \(tried content\)"),
+        ("dapo_math", {"dapo.jsonl": b'{"prompt": "What?", "reward_model": "42"}\n'},
+         r"dapo.jsonl:1: field 'reward_model' is of type str, expected an object"),
+        ("dapo_math", {"dapo.jsonl": b'{"prompt": "What?", "answer": "1", "extra_info": 3}\n'},
+         r"dapo.jsonl:1: field 'extra_info' is of type int, expected an object"),
+    ],
+    ids=["invalid-utf8", "empty-file", "question-object", "answer-list", "dapo-turn-text",
+         "dapo-turn-without-content", "dapo-reward-model-text", "dapo-extra-info-number"],
+)
+def test_bad_rows_and_files_name_the_file_and_line(tmp_path, name, files, message):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    (manual / "test.jsonl").write_text(_OK_ROW)  # gsm8k's other split
+    for file_name, content in files.items():
+        (manual / file_name).write_bytes(content)
+    with pytest.raises(MalformedRowError, match=f"{manual}/{message}"):
+        prepare(name, str(manual), str(tmp_path / "tfds"))

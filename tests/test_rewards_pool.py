@@ -4,6 +4,9 @@ raises instead of looping."""
 
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
@@ -75,3 +78,60 @@ def test_pool_with_broken_setup_raises_instead_of_looping():
         pytest.raises(RuntimeError, match="keep dying while starting"),
     ):
         pool.map(pow, [(2, 2)])
+
+
+def _state(pid):
+    """The process state letter of ``pid`` ("Z": a zombie), or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
+
+
+_PARENT = textwrap.dedent(
+    """
+    import os
+    from rlvr_jax.rewards.pool import TimeoutPool
+
+    if __name__ == "__main__":
+        pool = TimeoutPool(num_workers=1, timeout_s=300.0)
+        print(pool.map(os.getpid, [()])[0].value, flush=True)
+        pool.map(pow, [(9, 10**9)])  # minutes of one C call in the worker
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and PR_SET_PDEATHSIG")
+def test_workers_die_with_a_killed_parent(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(_PARENT)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    worker = int(parent.stdout.readline())
+    try:
+        deadline = time.monotonic() + 30
+        while _state(worker) != "R":  # busy with the power
+            assert time.monotonic() < deadline, _state(worker)
+            time.sleep(0.1)
+        parent.kill()  # SIGKILL: the pool cannot stop its workers
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while _state(worker) not in (None, "Z"):
+            assert time.monotonic() < deadline, "the worker outlived its parent"
+            time.sleep(0.1)
+    finally:
+        if _state(worker) not in (None, "Z"):
+            os.kill(worker, signal.SIGKILL)
+
+
+def test_an_item_over_its_cpu_limit_ends_as_a_crash():
+    with TimeoutPool(num_workers=1, timeout_s=60.0, cpu_limit_s=1.0) as pool:
+        start = time.perf_counter()
+        outcomes = pool.map(pow, [(9, 10**9), (2, 5)])  # a long C call: only SIGXCPU stops it
+        assert time.perf_counter() - start < 30.0  # far below the 60 s timeout
+    assert outcomes[0].status == Status.CRASH
+    assert f"exit code {-signal.SIGXCPU}" in outcomes[0].error
+    assert (outcomes[1].status, outcomes[1].value) == (Status.OK, 32)
+    with pytest.raises(ValueError, match="cpu_limit_s"):
+        TimeoutPool(cpu_limit_s=0)

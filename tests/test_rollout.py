@@ -22,6 +22,7 @@ from rlvr_jax import advantages, recipes, rollout, train
 from rlvr_jax import config as config_lib
 from rlvr_jax.config import base_config
 from rlvr_jax.logprobs import TokenLogprobs
+from rlvr_jax.prompt_stream import usable_examples
 from rlvr_jax.tasks.prompts import BOXED_INSTRUCTION, prompt_token_mask
 
 MULTIDEVICE = pathlib.Path(__file__).parent / "multidevice"
@@ -92,6 +93,9 @@ class FakeSampler:
         rewards = [[1, 0] if p % 3 == 0 else [1, 1] for p in positions]
         return make_groups(rewards, [[2, 2]] * len(positions))
 
+    def prompt_problem(self, example):
+        return None
+
 
 class CountingTask:
     """A task whose only figures are how many groups it saw and their mean reward."""
@@ -103,8 +107,9 @@ class CountingTask:
 class FakeStream:
     def __init__(self):
         self.position = 0
+        self.skipped = 0
 
-    def take(self, n):
+    def take(self, n, reject=None):
         positions = np.arange(self.position, self.position + n)
         self.position += n
         return [{"id": int(p)} for p in positions], positions
@@ -130,6 +135,23 @@ def test_dynamic_sampling_keeps_mixed_groups_and_fills_up_with_dropped_ones():
     groups, rounds = rollout.sample_groups(FakeSampler(), FakeStream(), None, key, config.rollout)
     assert (rounds.rounds, rounds.mixed_groups_kept) == (1, 2)
     np.testing.assert_array_equal(groups.rewards, [[1, 0], [1, 1]])
+
+
+def test_sampler_rejects_prompts_over_max_prompt_len():
+    """The toy tokenizer has one token per character: the prompt is ``<user>`` + question +
+    ``<assistant>``, so a question of n characters has n + 2 tokens."""
+    from rlvr_jax.tasks import PromptFormat, Task
+
+    task = Task("t", load_split=None, verifier=None,
+                prompt_format=PromptFormat(instruction="", system_prompt=None))
+    sampler = rollout.Sampler(None, toy.make_tokenizer(), task, max_prompt_len=8,
+                              prompt_bucket=8, length_bucket=4, eos_ids=(1,), pad_id=0,
+                              unstack_layers=False)
+    fits, over = {"id": "fits", "question": "a" * 6}, {"id": "over", "question": "a" * 7}
+    assert sampler.prompt_problem(fits) is None
+    assert sampler.prompt_problem(over) == (
+        "its prompt has 9 tokens, more than rollout.max_prompt_len=8")
+    assert usable_examples([over, fits, over], sampler.prompt_problem, "evaluation") == [fits]
 
 
 def test_outcome_metrics_describe_every_sampled_group_and_the_kept_ones_apart():

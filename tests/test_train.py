@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import toy
 
 from rlvr_jax import config as config_lib
 from rlvr_jax import recipes, tasks, train
+from rlvr_jax.tasks.order import epoch_order
 
 E2E = pathlib.Path(__file__).parent / "e2e"
 
@@ -182,7 +184,7 @@ BAD_VALUES = [  # (variant, {"section.key": value}, message)
      r"options\.eps' for asym_grpo.*a recipe variant"),
     ("grpo", {"loss.dual_clip": 0.5}, r"loss\.dual_clip must be > 1"),
     ("grpo", {"optim.name": "lion"}, r"optim\.name='lion'"),
-    ("grpo", {"eval.sampling.top_p": 0.0}, r"top_p must be in \(0, 1\]"),
+    ("grpo", {"eval.sampling.top_p": 0.0}, r"eval\.sampling\.top_p must be in \(0, 1\]"),
     ("grpo", {"batching.epochs": 0}, r"batching\.epochs must be >= 1"),
     # binary-reward estimators refuse shaped rewards
     ("asym_grpo", {"rollout.overlong_buffer": 16}, r"'asym_grpo' requires binary rewards"),
@@ -192,6 +194,37 @@ BAD_VALUES = [  # (variant, {"section.key": value}, message)
     ("lens", {"advantage.options.all_wrong_weighting": "per_response",
               "loss.aggregation": "seq_mean_token_mean"}, r"'per_response'.*divides by it again"),
     ("grpo", {"rollout.group_size": 3, "batching.micro_batches": 16}, "do not split"),
+    # settings that cannot learn: one response per group gives every advantage 0
+    *[(variant, {"rollout.group_size": 1}, r"rollout\.group_size=1: every advantage estimator")
+      for variant in ("grpo", "dr_grpo", "asym_grpo")],
+    ("grpo", {"rollout.sampling.temperature": -1.0},
+     r"rollout\.sampling\.temperature must be >= 0"),
+    ("grpo", {"eval.sampling.top_k": -2}, r"eval\.sampling\.top_k must be an int >= -1"),
+    ("grpo", {"eval.sampling.min_p": 1.5}, r"eval\.sampling\.min_p must be in \[0, 1\]"),
+    ("grpo", {"rollout.max_new_tokens": -5}, r"^rollout\.max_new_tokens must be >= 1, got -5$"),
+    ("grpo", {"eval.max_new_tokens": 0}, r"eval\.max_new_tokens must be >= 1"),
+    ("grpo", {"rollout.prompt_bucket": 0}, r"rollout\.prompt_bucket must be >= 1"),
+    ("grpo", {"eval.samples_per_prompt": 0}, r"eval\.samples_per_prompt must be >= 1"),
+    ("grpo", {"eval.num_prompts": 0}, r"eval\.num_prompts must be >= 1"),
+    ("grpo", {"total_steps": -3}, r"total_steps must be >= 1"),
+    ("grpo", {"total_steps": 0, "eval.at_start": False}, r"total_steps must be >= 1 \(0: an "),
+    ("grpo", {"task.name": "basic_arithmetc"},
+     r"task\.name='basic_arithmetc' names no task; did you mean 'basic_arithmetic'\?"),
+    ("grpo", {"eval.task": "rg:puzle24"},
+     r"eval\.task='rg:puzle24' names no task; did you mean 'rg:puzzle24'"),
+    ("grpo", {"advantage.options.eps": -1e-6}, r"advantage\.options\.eps=-1e-06 must be >= 0"),
+    ("progrpo", {"advantage.options.rho_low": 0.0}, r"options\.rho_low=0\.0 must be in \(0, 1\]"),
+    ("asym_grpo", {"advantage.options.beta_neg": -0.4}, r"options\.beta_neg=-0\.4 must be >= 0"),
+    ("lens", {"advantage.options.all_wrong_weighting": "per_token"},
+     r"options\.all_wrong_weighting='per_token' must be"),
+    # an estimator set without its options: they could not be set on the command line
+    ("grpo", {"advantage.estimator": "progrpo"},
+     r"advantage\.options lacks \['alpha', .*'rho_low'\] of progrpo.*apply_variant"),
+    ("grpo", {"loss.kl_coef": -0.1}, r"loss\.kl_coef must be >= 0"),
+    ("grpo", {"model.param_dtype": "bfloat16"},
+     r"model\.param_dtype='bfloat16'.*round away.*model\.param_dtype='float32'"),
+    ("grpo", {"model.dtype": "bfloat61"}, r"model\.dtype='bfloat61' is not a dtype name"),
+    ("grpo", {"checkpoint.keep_last": -1}, r"checkpoint\.keep_last must be >= 0"),
 ]
 
 
@@ -321,3 +354,178 @@ def test_held_out_report_compares_another_eval_task_with_the_training_split(caps
         report = train.held_out_report(examples, task, config)
         assert report.in_train == in_train
         assert ("WARNING" in capsys.readouterr().err) == bool(in_train)
+
+
+def test_validate_devices_names_the_batch_and_the_mesh():
+    config = recipes.apply_variant(config_lib.base_config(), "grpo")
+    config.rollout.prompts_per_step, config.rollout.group_size = 3, 4  # 12 sequences
+    config_lib.validate_devices(config, 4)  # mesh.fsdp=-1: 4 batch devices
+    with pytest.raises(ValueError, match=r"12 sequences do not divide over the 8 devices of the "
+                                         r"batch mesh axes \(mesh\.data=1, mesh\.fsdp=8 on 8"):
+        config_lib.validate_devices(config, 8)
+    config.mesh.fsdp, config.mesh.tensor = 1, -1  # rows not sharded: 1 batch device
+    config_lib.validate_devices(config, 8)
+    config.mesh.data = 3
+    with pytest.raises(ValueError, match=r"mesh\.tensor = -1 cannot be resolved"):
+        config_lib.validate_devices(config, 8)
+
+
+def test_cli_names_a_misspelt_estimator_option_and_sets_any_of_the_variants(tmp_path, model_dir,
+                                                                            monkeypatch):
+    done = cli(str(tmp_path / "run"), model_dir, "--config.advantage.options.epss=1e-5")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert ("error: unknown config key in --config.advantage.options.epss=1e-5: epss\n"
+            'Did you mean "eps" instead of "epss"?') in done.stderr
+    done = cli(str(tmp_path / "run"), model_dir, "--config.advantage.options.alpha=0.5")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "choose it as the variant: --config=configs/<recipe>.py:<variant>" in done.stderr
+    from absl import flags
+    from ml_collections import config_flags
+
+    path = ROOT / "configs" / "smollm2_arith.py"
+    for variant in recipes.CONTROLLED:
+        options = recipes.estimator_options(recipes.CONTROLLED[variant])
+        argv = ["train", f"--config={path}:{variant}",
+                *[f"--config.advantage.options.{key}={value}" for key, value in options.items()
+                  if isinstance(value, float)]]
+        monkeypatch.setattr(sys, "argv", argv)
+        flag_values = flags.FlagValues()
+        config_flags.DEFINE_config_file("config", flag_values=flag_values, lock_config=True)
+        flag_values(argv)
+        assert dict(flag_values.config.advantage.options) == options
+        config_lib.validate(flag_values.config)
+
+
+def _fail_if_loaded(*args, **kwargs):
+    raise AssertionError("the model was loaded")
+
+
+def test_a_workdir_in_use_stops_a_second_run_and_a_killed_runs_lock_does_not(tmp_path,
+                                                                              model_dir,
+                                                                              monkeypatch):
+    toy.register()
+    workdir = str(tmp_path / "run")
+    os.makedirs(workdir)
+    holder = subprocess.Popen(  # a run that holds the workdir
+        [sys.executable, "-c", "import sys, time; from rlvr_jax import workdir_guard\n"
+         "with workdir_guard.exclusive(sys.argv[1]):\n"
+         "    print('held', flush=True); time.sleep(600)", workdir],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        assert holder.stdout.readline() == "held\n"
+        monkeypatch.setattr(train.models, "load", _fail_if_loaded)
+        with pytest.raises(RuntimeError, match=rf"workdir {workdir} is in use by another run "
+                                               rf"\(pid {holder.pid} on host .*, started "):
+            train.run(toy.toy_config(model_dir), workdir)
+    finally:
+        holder.kill()  # SIGKILL: the kernel drops its lock
+        holder.wait()
+    with pytest.raises(AssertionError, match="the model was loaded"):  # got past the lock
+        train.run(toy.toy_config(model_dir), workdir)
+
+
+def test_a_read_only_checkpoint_directory_stops_the_run_at_start(tmp_path, model_dir):
+    """The checkpoint directory has mode 555; the run (root without the capability that lets
+    it ignore mode bits, when the tests run as root) must stop before the model loads rather
+    than fail in its first background save."""
+    workdir = tmp_path / "run"
+    (workdir / "checkpoints").mkdir(parents=True)
+    (workdir / "checkpoints").chmod(0o555)
+    code = ("import sys, toy; from rlvr_jax import train; toy.register(); "
+            "train.run(toy.toy_config(sys.argv[1]), sys.argv[2])")
+    command = [sys.executable, "-c", code, model_dir, str(workdir)]
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("root ignores mode bits, and setpriv is missing to drop that")
+        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=f"{ROOT}:{E2E}", JAX_PLATFORMS="cpu"))
+    (workdir / "checkpoints").chmod(0o755)
+    assert done.returncode != 0
+    assert (f"PermissionError: checkpoint directory {workdir}/checkpoints is not writable"
+            in done.stderr), done.stderr[-3000:]
+    assert not (workdir / "metrics.jsonl").exists()
+
+
+def test_the_final_checkpoint_is_saved_before_the_final_evaluation(tmp_path, model_dir,
+                                                                    monkeypatch):
+    toy.register()
+    config = toy.toy_config(model_dir)
+    config.total_steps = 1
+    config.logging.tensorboard = False
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the evaluation failed")
+
+    monkeypatch.setattr(train.evaluation, "evaluate", broken)
+    with pytest.raises(RuntimeError, match="the evaluation failed"):
+        train.run(config, str(tmp_path / "run"))
+    assert checkpoint_steps(tmp_path / "run") == [1]  # the trained step is kept
+
+
+def long_prompt_task() -> tasks.Task:
+    """The toy task with every other question 30 characters long: its prompt (one token per
+    character, plus two) is over the toy recipe's rollout.max_prompt_len=16."""
+    data = [{"id": f"toy/{i}", "question": "say a" + "!" * (25 if i % 2 == 0 else i % 3),
+             "answer": "a"} for i in range(64)]
+    return tasks.Task(name="toy_long_prompts", load_split=lambda split: data,
+                      verifier=toy.FirstLetterVerifier(),
+                      prompt_format=tasks.PromptFormat(instruction="", system_prompt=None))
+
+
+def long_prompt_config(model_dir, total_steps):
+    if "toy_long_prompts" not in tasks.names():
+        tasks.register("toy_long_prompts", lambda **_: long_prompt_task())
+    config = toy.toy_config(model_dir)
+    config.task.name = "toy_long_prompts"
+    config.total_steps = total_steps
+    config.checkpoint.save_every_steps = 1
+    config.logging.tensorboard = False
+    return config
+
+
+@pytest.fixture(scope="module")
+def long_prompt_run(tmp_path_factory, model_dir):
+    """Two steps on the task with long prompts (and its final evaluation), with the warnings."""
+    workdir = tmp_path_factory.mktemp("long_prompts") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        warnings = []
+        patch.setattr(train.prompt_stream.logger, "warning",
+                      lambda *args: warnings.append(args))
+        last = train.run(long_prompt_config(model_dir, 2), str(workdir))
+    return workdir, last, [message % tuple(args) for message, *args in warnings]
+
+
+def test_prompts_over_max_prompt_len_are_passed_over_and_counted(long_prompt_run):
+    workdir, last, warnings = long_prompt_run
+    long_ones = [int(i) % 2 == 0 for i in epoch_order(64, 0, 0)]  # the stream's first epoch
+    usable = [p for p, is_long in enumerate(long_ones) if not is_long]
+    rows = [row for row in read_metrics(workdir) if "train/prompts_skipped" in row]
+    assert [row["step"] for row in rows] == [1, 2]
+    for step, row in enumerate(rows):  # 4 prompts a step
+        first = usable[4 * step - 1] + 1 if step else 0
+        assert row["train/prompts_skipped"] == sum(long_ones[first:usable[4 * step + 3] + 1])
+    assert sum(row["train/prompts_skipped"] for row in rows) > 0
+    assert "eval/pass@1" in last  # the evaluation left its long prompts out
+    eval_order = tasks.get("toy_long_prompts").examples("test", seed=0, n=8)
+    left_out = [e["id"] for e in eval_order if int(e["id"].split("/")[1]) % 2 == 0]
+    assert left_out and all(
+        f"leaving evaluation example {i!r} out: its prompt has 32 tokens, more than "
+        f"rollout.max_prompt_len=16" in warnings for i in left_out)
+
+
+def test_a_resume_past_a_bad_host_state_falls_back_and_goes_on(long_prompt_run, model_dir,
+                                                               tmp_path, caplog):
+    workdir = tmp_path / "run"
+    shutil.copytree(long_prompt_run[0], workdir)
+    host = workdir / "checkpoints" / "2" / "host" / "metadata"
+    host.write_text(json.dumps({**json.loads(host.read_text()), "stream_position": "8"}))
+    with caplog.at_level("WARNING", logger="rlvr_jax.checkpoint"):
+        train.run(long_prompt_config(model_dir, 3), str(workdir))
+    assert any(f"host state {host} of checkpoint step 2 is unusable: stream_position='8' is "
+               "not a non-negative integer" in r.getMessage() for r in caplog.records)
+    rows = [row for row in read_metrics(workdir) if "train/reward_mean" in row]
+    original = [row for row in read_metrics(long_prompt_run[0]) if "train/reward_mean" in row]
+    assert [row["step"] for row in rows] == [1, 2, 3]  # step 2 again, from step 1
+    for key in ("train/reward_mean", "train/prompts_skipped", "update/loss"):
+        assert rows[1][key] == original[1][key], key  # exactly as the first time

@@ -56,33 +56,70 @@ class MalformedRowError(ValueError):
 
 
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line_number, row)`` for a JSONL (1-based lines) or Parquet (1-based rows) file."""
+    """``(line_number, row)`` for a JSONL (1-based lines) or Parquet (1-based rows) file;
+    raises :class:`MalformedRowError` naming the file (and line) for a file without rows, a
+    line that is not UTF-8 or not a JSON object."""
+    count = 0
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        for number, row in enumerate(pq.read_table(path).to_pylist(), start=1):
-            yield number, row
-        return
-    with path.open(encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise MalformedRowError(f"{path}:{number}: invalid JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise MalformedRowError(f"{path}:{number}: expected a JSON object")
-            yield number, row
+        for count, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+            yield count, row
+    else:
+        with path.open("rb") as file:
+            for number, raw in enumerate(file, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    raise MalformedRowError(
+                        f"{path}:{number}: not UTF-8 (byte {raw[error.start]:#04x} at byte offset "
+                        f"{error.start})") from None
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise MalformedRowError(
+                        f"{path}:{number}: invalid JSON ({error.msg})") from None
+                if not isinstance(row, dict):
+                    raise MalformedRowError(f"{path}:{number}: expected a JSON object")
+                count += 1
+                yield number, row
+    if not count:
+        raise MalformedRowError(f"{path}: no rows (an empty file)")
 
 
-def _field(row: dict[str, Any], names: tuple[str, ...], where: str) -> Any:
-    """The first present, non-empty field among ``names``; a clear error naming ``where``."""
+_TEXT = (str,)
+_ANSWER = (str, int, float)  # AIME and some GSM8K copies give numeric answers
+
+
+def _field(row: dict[str, Any], names: tuple[str, ...], where: str,
+           kinds: tuple[type, ...] = _TEXT) -> Any:
+    """The first present, non-empty field among ``names``, which must be one of ``kinds``
+    (never a bool, list or object: its ``str()`` would become the text); a clear error naming
+    ``where``."""
     for name in names:
         value = row.get(name)
-        if value is not None and value != "":
-            return value
+        if value is None or value == "":
+            continue
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise MalformedRowError(
+                f"{where}: field {name!r} is of type {type(value).__name__}, expected "
+                f"{' or '.join(kind.__name__ for kind in kinds)}"
+            )
+        return value
     raise MalformedRowError(f"{where}: missing field (tried {', '.join(names)})")
+
+
+def _mapping(row: dict[str, Any], name: str, where: str) -> dict[str, Any]:
+    """Field ``name`` when it is a JSON object, ``{}`` when absent; an error otherwise."""
+    value = row.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise MalformedRowError(
+            f"{where}: field {name!r} is of type {type(value).__name__}, expected an object")
+    return value
 
 
 def _find_files(manual_dir: Path, pattern: str) -> list[Path]:
@@ -142,7 +179,7 @@ class RlvrGsm8k(_ManualFilesBuilder):
 
     def row_to_example(self, row, where):
         question = _field(row, ("question",), where)
-        solution = str(_field(row, ("answer",), where))
+        solution = _field(row, ("answer",), where)
         if "####" not in solution:
             raise MalformedRowError(f"{where}: answer has no '#### <final answer>' line")
         answer = solution.rsplit("####", 1)[1].strip().replace(",", "")
@@ -161,7 +198,8 @@ class RlvrMath(_ManualFilesBuilder):
     def row_to_example(self, row, where):
         question = _field(row, ("problem", "question"), where)
         solution = str(row.get("solution") or "")
-        answer = row.get("answer") or extract_boxed(solution)
+        answer = (_field(row, ("answer",), where, _ANSWER) if row.get("answer") not in (None, "")
+                  else extract_boxed(solution))
         if not answer:
             raise MalformedRowError(f"{where}: no 'answer' field and no \\boxed{{}} in solution")
         return {
@@ -179,16 +217,22 @@ class RlvrDapoMath(_ManualFilesBuilder):
     DEDUPLICATE = True
 
     def row_to_example(self, row, where):
-        prompt = _field(row, ("prompt", "problem", "question"), where)
+        prompt = _field(row, ("prompt", "problem", "question"), where, (str, list))
         if isinstance(prompt, list):
+            if not all(isinstance(turn, dict) for turn in prompt):
+                raise MalformedRowError(f"{where}: prompt is a list but not of "
+                                        "{role, content} messages")
             user_turns = [turn for turn in prompt if turn.get("role") == "user"]
             if not user_turns:
                 raise MalformedRowError(f"{where}: prompt has no user message")
-            prompt = user_turns[-1]["content"]
-        question = _DAPO_SUFFIX.sub("", _DAPO_PREFIX.sub("", str(prompt))).strip()
-        reward_model = row.get("reward_model") or {}
-        answer = reward_model.get("ground_truth") or _field(row, ("answer", "solution"), where)
-        index = (row.get("extra_info") or {}).get("index")
+            prompt = _field(user_turns[-1], ("content",), f"{where}: last user message")
+        question = _DAPO_SUFFIX.sub("", _DAPO_PREFIX.sub("", prompt)).strip()
+        reward_model = _mapping(row, "reward_model", where)
+        if reward_model.get("ground_truth") not in (None, ""):
+            answer = _field(reward_model, ("ground_truth",), f"{where}: reward_model", _ANSWER)
+        else:
+            answer = _field(row, ("answer", "solution"), where, _ANSWER)
+        index = _mapping(row, "extra_info", where).get("index")
         return {"id": index, "question": question, "answer": answer}
 
 
@@ -201,7 +245,7 @@ class RlvrAime(_ManualFilesBuilder):
         return {
             "id": row.get("id") or row.get("ID"),
             "question": _field(row, ("problem", "Problem", "question"), where),
-            "answer": _field(row, ("answer", "Answer"), where),
+            "answer": _field(row, ("answer", "Answer"), where, _ANSWER),
             "solution": row.get("solution") or row.get("Solution") or "",
         }
 

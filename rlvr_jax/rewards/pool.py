@@ -12,6 +12,14 @@ memory, and import ``preload`` modules before they take an item; pebble starts a
 when a worker takes it, so start-up never counts against a deadline. A stopped worker dies at
 once, even inside a long C call (SIGTERM keeps its default action in workers).
 
+Workers never outlive the process that started them: on Linux each asks the kernel for
+SIGKILL when its parent dies (``prctl(PR_SET_PDEATHSIG)``; strictly, when the parent's thread
+that started it ends, so call ``map`` from a thread that lives as long as the pool, or lose
+the idle workers, which the pool then replaces), and exits at once if the parent is already
+gone. Everywhere, each item also runs under a CPU-time limit (``RLIMIT_CPU``, ``cpu_limit_s``
+seconds more than the worker had used; SIGXCPU ends it), so an item cannot keep a core busy
+for long once no parent is left to stop it.
+
 The pool starts on the first ``map`` and stops on ``close``; the next ``map`` starts a fresh
 one. A pool that breaks (pebble's ``BrokenProcessPool``, e.g. workers that died while idle) is
 restarted and its unfinished items run again; workers that keep dying before they take any
@@ -21,11 +29,15 @@ item mean a broken setup (a ``preload`` module that fails to import), which rais
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import dataclasses
 import importlib
+import math
 import multiprocessing
+import os
 import resource
 import signal
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -37,6 +49,7 @@ from rlvr_jax.rewards.verification import Status
 DEFAULT_NUM_WORKERS = 2
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_MEMORY_LIMIT_BYTES = 4 << 30
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _POOL_STARTS = 3  # pool starts per ``map`` before a pool that keeps breaking is an error
 
 
@@ -49,13 +62,37 @@ class Outcome:
     error: str = ""
 
 
-def _start_worker(memory_limit_bytes: int | None, preload: tuple[str, ...]) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """Asks Linux to SIGKILL this process when its parent dies; exits if it already has."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _start_worker(memory_limit_bytes: int | None, preload: tuple[str, ...],
+                  parent_pid: int) -> None:
     """Runs in each new worker before it takes an item."""
+    _die_with_parent(parent_pid)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGXCPU would dump core
     if memory_limit_bytes is not None:
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
     for module_name in preload:
         importlib.import_module(module_name)
+
+
+def _run_item(fn: Callable[..., Any], args: tuple, cpu_limit_s: float) -> Any:
+    """``fn(*args)`` in a worker, which SIGXCPU ends after ``cpu_limit_s`` more CPU seconds."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    used = usage.ru_utime + usage.ru_stime
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    soft = math.ceil(used + cpu_limit_s)
+    resource.setrlimit(resource.RLIMIT_CPU,
+                       (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
+    return fn(*args)
 
 
 class TimeoutPool:
@@ -66,6 +103,9 @@ class TimeoutPool:
       timeout_s: wall-clock limit per item, from the moment a worker takes it.
       memory_limit_bytes: ``RLIMIT_AS`` of each worker (None: unlimited).
       preload: modules each worker imports before it takes an item.
+      cpu_limit_s: CPU seconds an item may use (None: ``timeout_s`` plus one second, which a
+        single-threaded item never reaches before its wall-clock timeout); past it the worker
+        dies and the item is a ``CRASH``.
     """
 
     def __init__(
@@ -74,13 +114,17 @@ class TimeoutPool:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         memory_limit_bytes: int | None = DEFAULT_MEMORY_LIMIT_BYTES,
         preload: Sequence[str] = (),
+        cpu_limit_s: float | None = None,
     ):
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if cpu_limit_s is not None and cpu_limit_s <= 0:
+            raise ValueError(f"cpu_limit_s must be > 0, got {cpu_limit_s}")
         self.num_workers = num_workers
         self.timeout_s = timeout_s
+        self.cpu_limit_s = timeout_s + 1.0 if cpu_limit_s is None else cpu_limit_s
         self._initargs = (memory_limit_bytes, tuple(preload))
         self._pool: pebble.ProcessPool | None = None
 
@@ -96,7 +140,8 @@ class TimeoutPool:
         if self._pool is None:
             self._pool = pebble.ProcessPool(
                 max_workers=self.num_workers, initializer=_start_worker,
-                initargs=self._initargs, context=multiprocessing.get_context("spawn"),
+                initargs=(*self._initargs, os.getpid()),
+                context=multiprocessing.get_context("spawn"),
             )
         return self._pool
 
@@ -113,7 +158,8 @@ class TimeoutPool:
             pool = self._running_pool()
             try:
                 futures = {
-                    index: pool.schedule(fn, args_list[index], timeout=self.timeout_s)
+                    index: pool.schedule(_run_item, (fn, args_list[index], self.cpu_limit_s),
+                                         timeout=self.timeout_s)
                     for index in range(len(args_list)) if index not in outcomes
                 }
             except RuntimeError:  # pebble found the pool broken (workers died while idle)

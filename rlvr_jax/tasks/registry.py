@@ -17,6 +17,7 @@ keyword arguments are the task's options (``config.task.options``).
 
 from __future__ import annotations
 
+import difflib
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +40,24 @@ def register(name: str, factory: Callable[..., Task]) -> None:
 def names() -> list[str]:
     """Registered task names (``rg:<name>`` also works for any reasoning-gym data set)."""
     return sorted(_FACTORIES)
+
+
+def check_name(name: str, key: str) -> None:
+    """Raises ``ValueError`` naming config key ``key`` when ``name`` names no task, without
+    building the task (``rg:<name>`` is looked up in reasoning-gym's registry)."""
+    if name.startswith(REASONING_GYM_PREFIX):
+        from reasoning_gym.factory import DATASETS
+
+        known = [REASONING_GYM_PREFIX + rg_name for rg_name in DATASETS]
+    else:
+        known = names()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=3)
+        guess = f"; did you mean {' or '.join(map(repr, close))}?" if close else "."
+        raise ValueError(
+            f"{key}={name!r} names no task{guess} Registered tasks: {names()}, or "
+            f"{REASONING_GYM_PREFIX}<name> for any reasoning-gym data set"
+        )
 
 
 def get(name: str, **options: Any) -> Task:
