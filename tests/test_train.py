@@ -457,10 +457,16 @@ def test_the_final_checkpoint_is_saved_before_the_final_evaluation(tmp_path, mod
     def broken(*args, **kwargs):
         raise RuntimeError("the evaluation failed")
 
+    evaluate = train.evaluation.evaluate
     monkeypatch.setattr(train.evaluation, "evaluate", broken)
     with pytest.raises(RuntimeError, match="the evaluation failed"):
         train.run(config, str(tmp_path / "run"))
     assert checkpoint_steps(tmp_path / "run") == [1]  # the trained step is kept
+    assert not train.evaluation.recorded(str(tmp_path / "run"), 1)
+    monkeypatch.setattr(train.evaluation, "evaluate", evaluate)
+    train.run(config, str(tmp_path / "run"))  # resumes at the final step: only evaluates
+    assert train.evaluation.recorded(str(tmp_path / "run"), 1)
+    assert logged_steps(tmp_path / "run") == [1]  # no step trained twice
 
 
 def long_prompt_task() -> tasks.Task:
