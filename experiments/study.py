@@ -71,21 +71,6 @@ def method_name(run_name: str) -> str:
     return "__".join(part.removeprefix("config=") for part in parts) or "base"
 
 
-def flat(config: Any) -> dict[str, Any]:
-    """Dotted key -> value of a ConfigDict (tuples and lists compared as lists)."""
-    out: dict[str, Any] = {}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(f"{prefix}{key}.", value)
-        else:
-            out[prefix[:-1]] = list(node) if isinstance(node, tuple) else node
-
-    walk("", config.to_dict())
-    return out
-
-
 def plan(sweep_path: str, workdir: str) -> tuple[str, list[StudyRun]]:
     """The study's name and runs, seed by seed; raises ValueError when the runs are not paired.
 
@@ -93,6 +78,7 @@ def plan(sweep_path: str, workdir: str) -> tuple[str, list[StudyRun]]:
     (``launch.sweep.check_runs``) before anything is trained.
     """
     from launch import sweep as sweep_lib
+    from rlvr_jax import config as config_lib
 
     description = sweep_lib.load_function(sweep_path, "get_sweep")()
     commands = sweep_lib.expand(description, workdir)
@@ -106,9 +92,9 @@ def plan(sweep_path: str, workdir: str) -> tuple[str, list[StudyRun]]:
         raise ValueError(f"every method needs the same seeds for paired comparisons: {seeds}")
     if any(len(set(s)) != len(s) for s in seeds.values()):
         raise ValueError(f"a method repeats a seed: {seeds}")
-    reference = flat(runs[0].config)
+    reference = config_lib.flatten(runs[0].config)
     for run in runs[1:]:
-        other = flat(run.config)
+        other = config_lib.flatten(run.config)
         unpaired = sorted(key for key in reference.keys() | other.keys()
                           if key.split(".")[0] in PAIRED_SECTIONS and key != "eval.at_start"
                           and reference.get(key) != other.get(key))
@@ -122,9 +108,11 @@ def plan(sweep_path: str, workdir: str) -> tuple[str, list[StudyRun]]:
 def differences(runs: Sequence[StudyRun]) -> dict[str, dict[str, Any]]:
     """For each method, the config entries (seed aside) whose value differs from the first
     method's, with that method's value."""
+    from rlvr_jax import config as config_lib
+
     first: dict[str, dict[str, Any]] = {}
     for run in runs:
-        first.setdefault(run.method, flat(run.config))
+        first.setdefault(run.method, config_lib.flatten(run.config))
     base = first[runs[0].method]
     ignored = {SEED_KEY, "eval.at_start"}
     return {method: {key: values.get(key) for key in sorted(base.keys() | values.keys())

@@ -173,6 +173,21 @@ def base_config() -> ml_collections.ConfigDict:
     return lock(config)
 
 
+def flatten(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """``{"section.key": value}`` for every leaf at every depth (option dictionaries too)."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(f"{prefix}{key}.", value)
+        else:
+            out[prefix[:-1]] = node
+
+    walk("", config.to_dict())
+    return out
+
+
 def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Locks ``config`` in place (no new keys) except its option dictionaries; returns it."""
     config.lock()

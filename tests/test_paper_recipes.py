@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
-from typing import Any
 
 import numpy as np
 import pytest
 
 from rlvr_jax import advantages
+from rlvr_jax import config as config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ASYM_RECIPE = ROOT / "configs" / "asym_grpo_qwen3_4b_math.py"
@@ -21,7 +21,8 @@ ASYM_CITED = {
     "task.name": "math",
     "eval.task": "math500",
     "advantage.estimator": "asym_grpo",
-    "advantage.options": {"beta_pos": 0.9, "beta_neg": 0.4},
+    "advantage.options.beta_pos": 0.9,
+    "advantage.options.beta_neg": 0.4,
     "rollout.prompts_per_step": 128,
     "rollout.group_size": 8,
     "rollout.max_new_tokens": 4096,
@@ -48,28 +49,13 @@ def load_recipe(path: pathlib.Path):
     return module
 
 
-def flat(config: Any) -> dict[str, Any]:
-    """``{"section.key": value}`` at every depth, option dictionaries kept whole as dicts."""
-    out = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict) and not prefix.endswith("options"):
-            for key, inner in value.items():
-                walk(f"{prefix}.{key}" if prefix else key, inner)
-        else:
-            out[prefix] = dict(value) if isinstance(value, dict) else value
-
-    walk("", config.to_dict())
-    return out
-
-
 @pytest.fixture(scope="module")
 def asym_recipe():
     return load_recipe(ASYM_RECIPE)
 
 
 def test_asym_grpo_recipe_has_the_cited_settings(asym_recipe):
-    settings = flat(asym_recipe.get_config("asym_grpo"))
+    settings = config_lib.flatten(asym_recipe.get_config("asym_grpo"))
     assert {key: settings[key] for key in ASYM_CITED} == ASYM_CITED
 
 

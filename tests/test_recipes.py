@@ -8,9 +8,9 @@ import pathlib
 from typing import Any
 
 import pytest
-from test_paper_recipes import flat
 
 from launch import sweep
+from rlvr_jax import config as config_lib
 from rlvr_jax import recipes
 from rlvr_jax.config import base_config
 
@@ -20,7 +20,7 @@ PAPER_RECIPE_FILES = ("asym_grpo_qwen3_4b_math", "lens_qwen25_3b_math", "progrpo
 
 
 def changed_keys(a: Any, b: Any) -> set[str]:
-    flat_a, flat_b = flat(a), flat(b)
+    flat_a, flat_b = config_lib.flatten(a), config_lib.flatten(b)
     return {k for k in flat_a.keys() | flat_b.keys() if flat_a.get(k, "?") != flat_b.get(k, "?")}
 
 
