@@ -26,11 +26,16 @@ def _get(table: dict[Any, Any], k: int) -> dict[str, Any]:
     return table[k] if k in table else table[str(k)]
 
 
+def _number(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
 def _band(ax, xs, entries, label, **style) -> None:
-    means = [e["mean"] for e in entries]
+    means = [_number(e["mean"]) for e in entries]
     ax.plot(xs, means, marker="o", markersize=3, label=label, **style)
-    ax.fill_between(xs, [e["ci95"][0] for e in entries], [e["ci95"][1] for e in entries],
-                    alpha=0.15, color=ax.lines[-1].get_color())
+    ax.fill_between(xs, [_number(e["ci95"][0]) for e in entries],
+                    [_number(e["ci95"][1]) for e in entries], alpha=0.15,
+                    color=ax.lines[-1].get_color())
 
 
 def draw_pass_at_k(summary: dict[str, Any], path: str) -> None:
@@ -104,9 +109,9 @@ def draw_solve_history(summary: dict[str, Any], path: str) -> None:
                                              ("lost", "lost"))):
         entries = [summary["methods"][m][field] for m in methods]
         xs = [i + 0.38 * offset for i in range(len(methods))]
-        means = [e["mean"] for e in entries]
-        errors = [[e["mean"] - e["ci95"][0] for e in entries],
-                  [e["ci95"][1] - e["mean"] for e in entries]]
+        means = [_number(e["mean"]) for e in entries]
+        errors = [[_number(e["mean"]) - _number(e["ci95"][0]) for e in entries],
+                  [_number(e["ci95"][1]) - _number(e["mean"]) for e in entries]]
         ax.bar(xs, means, width=0.36, yerr=errors, capsize=3, label=label)
     ax.set_xticks([i + 0.19 for i in range(len(methods))], methods)
     n = summary["eval"]["samples_per_prompt"]
@@ -126,8 +131,9 @@ def draw_all(summary: dict[str, Any], series: dict[str, dict[str, Any]], out: st
 
 
 def _fmt(entry: dict[str, Any], digits: int = 3) -> str:
+    text = lambda x: "n/a" if x is None else f"{x:.{digits}f}"  # noqa: E731
     low, high = entry["ci95"]
-    return f"{entry['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+    return f"{text(entry['mean'])} [{text(low)}, {text(high)}]"
 
 
 def markdown(summary: dict[str, Any], counts: dict[str, Any]) -> str:

@@ -147,12 +147,16 @@ def _last_value(run: Run, key: str) -> float:
 
 
 def curves(runs: Sequence[Run], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``{metric: {method: {"steps", "mean", "low", "high"}}}`` over seeds, per logged step."""
+    """``{metric: {method: {"steps", "mean", "low", "high"}}}`` over seeds, per logged step.
+    Held-out pass@1 starts at step 0 from the base model's evaluation for every run."""
+    base = base_evaluation(runs)
+    start = {"eval/pass@1": float(np.mean(pass_at_k_values([base], 1)))}
     out: dict[str, dict[str, Any]] = {}
     for key in CURVES:
         out[key] = {}
         for method in methods:
-            series = [{row["step"]: row[key] for row in run.history if key in row}
+            series = [{**({0: start[key]} if key in start else {}),
+                       **{row["step"]: row[key] for row in run.history if key in row}}
                       for run in runs if run.method == method]
             steps = sorted({step for s in series for step in s})
             estimates = [seed_interval(np.array([s.get(step, np.nan) for s in series]))
@@ -165,7 +169,10 @@ def curves(runs: Sequence[Run], methods: Sequence[str]) -> dict[str, dict[str, A
 
 def verdict(estimate: Estimate, expected_sign: int) -> str:
     """``supported`` when the interval excludes 0 on the expected side, ``contradicted`` when
-    it excludes 0 on the other, else ``not shown (interval includes 0)``."""
+    it excludes 0 on the other, ``not shown (interval includes 0)`` when it holds 0, and
+    ``undetermined (one seed)`` when there is no interval."""
+    if not (np.isfinite(estimate.low) and np.isfinite(estimate.high)):
+        return "undetermined (one seed)"
     if estimate.low > 0 or estimate.high < 0:
         return "supported" if np.sign(estimate.mean) == expected_sign else "contradicted"
     return "not shown (interval includes 0)"
@@ -183,7 +190,8 @@ def summarize(study_dir: str, baseline: str = "grpo") -> tuple[dict[str, Any], l
     n = base["samples"][0]
     ks = evaluation.pass_at_k_ks(n)
     any_config = runs[0].config
-    in_train = [_last_value(run, "eval/prompts_in_train") for run in runs]
+    in_train = [v for v in (_last_value(run, "eval/prompts_in_train") for run in runs)
+                if np.isfinite(v)]
     summary: dict[str, Any] = {
         "study": plan["study"],
         "eval": {
@@ -191,7 +199,7 @@ def summarize(study_dir: str, baseline: str = "grpo") -> tuple[dict[str, Any], l
             "num_prompts": len(base["question"]),
             "distinct_questions": len(set(base["question"])),
             "samples_per_prompt": n,
-            "disjoint_from_train": all(v == 0 for v in in_train),
+            "disjoint_from_train": bool(in_train) and all(v == 0 for v in in_train),
         },
         "baseline": baseline,
         "methods": {},

@@ -40,8 +40,10 @@ class Estimate:
     low: float
     high: float
 
-    def as_dict(self) -> dict[str, float | list[float]]:
-        return {"mean": self.mean, "ci95": [self.low, self.high]}
+    def as_dict(self) -> dict[str, float | list[float | None] | None]:
+        """``{"mean", "ci95": [low, high]}``, undefined values as None (JSON has no NaN)."""
+        value = lambda x: x if np.isfinite(x) else None  # noqa: E731
+        return {"mean": value(self.mean), "ci95": [value(self.low), value(self.high)]}
 
 
 def bootstrap_interval(values: np.ndarray, *, replicates: int = REPLICATES,
@@ -64,16 +66,15 @@ def bootstrap_interval(values: np.ndarray, *, replicates: int = REPLICATES,
 
 
 def seed_interval(per_seed: np.ndarray) -> Estimate:
-    """Mean of ``per_seed [S]`` with its Student-t 95% interval (the mean alone, as a
-    zero-width interval, for one seed); NaN entries (a figure a seed did not have) are left
-    out."""
+    """Mean of ``per_seed [S]`` with its Student-t 95% interval; NaN entries (a figure a seed
+    did not have) are left out. With one seed the interval is undefined (NaN bounds)."""
     per_seed = np.asarray(per_seed, np.float64)
     per_seed = per_seed[np.isfinite(per_seed)]
     if per_seed.size == 0:
         return Estimate(float("nan"), float("nan"), float("nan"))
     mean = float(per_seed.mean())
     if per_seed.size == 1:
-        return Estimate(mean, mean, mean)
+        return Estimate(mean, float("nan"), float("nan"))
     half = stats.t.ppf(0.5 + LEVEL / 2, per_seed.size - 1) * per_seed.std(ddof=1) / np.sqrt(
         per_seed.size)
     return Estimate(mean, mean - float(half), mean + float(half))
