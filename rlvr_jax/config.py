@@ -225,8 +225,9 @@ def _check_training_sampling(strategy: sampling.SamplingStrategy) -> None:
 def _check_estimator_conventions(config: ml_collections.ConfigDict) -> None:
     """The estimator's pairings with the rollout and the loss that would silently be wrong.
 
-    DAPO's overlong penalty makes rewards non-binary: AsymGRPO and LENS read rewards as binary
-    outcomes and refuse it; ProGRPO accepts it (its correctness test ``r > 0`` on the shaped
+    DAPO's overlong penalty makes rewards non-binary: the estimators that read rewards as binary
+    outcomes (``EstimatorSpec.binary_rewards``: AsymGRPO, LENS, PSR / NSR / W-REINFORCE) refuse
+    it; ProGRPO accepts it (its correctness test ``r > 0`` on the shaped
     reward is documented in ``advantages.progrpo``). LENS's ``per_response`` weighting already
     divides by the response length, which ``seq_mean_token_mean`` would do a second time.
     """
@@ -235,12 +236,14 @@ def _check_estimator_conventions(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"advantage.prompt_tokens={advantage.prompt_tokens!r}; expected one of {PROMPT_TOKENS}"
         )
-    if config.rollout.overlong_buffer and advantage.estimator in ("asym_grpo", "lens"):
+    if config.rollout.overlong_buffer and advantages.spec(advantage.estimator).binary_rewards:
+        accepting = [name for name, entry in advantages.ESTIMATORS.items()
+                     if not entry.binary_rewards]
         raise ValueError(
             "rollout.overlong_buffer makes rewards non-binary (verifier reward plus a length "
             f"penalty), but advantage.estimator={advantage.estimator!r} requires binary rewards; "
             "set rollout.overlong_buffer=0 or use an estimator that accepts shaped rewards "
-            "(grpo, dr_grpo, rloo, reinforce_pp_baseline, progrpo)"
+            f"({', '.join(accepting)})"
         )
     if (advantage.estimator == "lens"
             and advantage.options.get("all_wrong_weighting") == "per_response"
