@@ -29,6 +29,8 @@ The other sections (their keys are documented where they are read)::
     task:       name (``tasks.names()``), options, train_split, eval_split
     rollout:    prompts_per_step (B), group_size (G), max_prompt_len, max_new_tokens, sampling,
                 prompt_bucket, length_bucket, old_logp_source ("trainer" | "sampler"),
+                correction ("none" | "token" | "sequence"), correction_cap (truncated
+                importance weights trainer / sampler: rlvr_jax.rollout_correction),
                 dynamic_sampling, max_sampling_rounds, overlong_buffer (0: off), overlong_coef,
                 unstack_decode_layers (see sampling.generate)
     advantage:  estimator (advantages.ESTIMATORS), options, prompt_tokens (which prompt tokens
@@ -59,7 +61,7 @@ from typing import Any
 
 import ml_collections
 
-from rlvr_jax import advantages, logprobs, losses, optimizer, sampling
+from rlvr_jax import advantages, logprobs, losses, optimizer, rollout_correction, sampling
 from rlvr_jax.tasks.prompts import PROMPT_TOKENS
 
 placeholder = ml_collections.config_dict.placeholder
@@ -119,6 +121,8 @@ def base_config() -> ml_collections.ConfigDict:
         "prompt_bucket": 64,
         "length_bucket": 64,
         "old_logp_source": "trainer",
+        "correction": "none",
+        "correction_cap": 2.0,
         "dynamic_sampling": False,
         "max_sampling_rounds": 4,
         "overlong_buffer": 0,
@@ -277,6 +281,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"rollout.old_logp_source={rollout.old_logp_source!r}; expected 'trainer' or "
             "'sampler'"
         )
+    rollout_correction.check_settings(rollout.correction, rollout.correction_cap,
+                                      rollout.old_logp_source)
     _check_estimator_conventions(config)
     if not 0 <= rollout.overlong_buffer <= rollout.max_new_tokens:
         raise ValueError(
