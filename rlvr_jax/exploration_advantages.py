@@ -85,7 +85,7 @@ def _signed_reinforce(rewards: Array, positive: float, negative: float, name: st
     check_rewards(rewards, name)
     check_binary(rewards, name)
     correct = as_f32(rewards) > 0.5
-    return jnp.where(correct, positive, -negative).astype(out_dtype(rewards))
+    return jnp.where(correct, positive, -negative if negative else 0.0).astype(out_dtype(rewards))
 
 
 def psr(rewards: Array) -> Array:
