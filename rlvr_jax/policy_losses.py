@@ -8,29 +8,28 @@ rollout-correction weights and aggregates with the global normalisers, the same 
 objective. ``rho = exp(d)``; ``sg`` is ``stop_gradient``; ``eps_low`` / ``eps_high`` are
 ``clip_low`` / ``clip_high`` unless stated.
 
-================ ==================================================================== =========
-objective        per-token loss                                                       verl name
-================ ==================================================================== =========
-``clipped``      ``-min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A)``, optional dual vanilla
-                 clip (PPO; DAPO's clip-higher with ``eps_high > eps_low``)
-``gspo``         the same with the sequence ratio ``s_i = exp(mean_t d_{i,t})`` in place gspo
-                 of ``rho``, as ``s_{i,t} = sg(s_i) exp(logp_t - sg(logp_t))`` (value
-                 ``s_i``, gradient through each token), log clamped at 10, and its own
-                 clip range ``gspo_clip_low`` / ``gspo_clip_high`` (GSPO, Zheng et al.,
-                 2025: 3e-4 / 4e-4, as the sequence ratio stays close to 1)
-``cispo``        ``-sg(clip(rho, 1 - eps_low, 1 + eps_high)) A logp_t`` (CISPO, MiniMax- cispo
-                 M1, 2025): the clipped importance weight scales the REINFORCE term and
-                 every token keeps its gradient
-``gmpo``         ``-A_i exp(mean_t clip_sign(d_{i,t}))`` for every token of response ``i``  geo_mean
-                 (GMPO, Zhao et al., 2025): the geometric mean of the token ratios, each
-                 log-ratio clipped to ``[-eps_low, eps_high]`` on the side where the
-                 clip binds for the sign of ``A``; ``A_i`` is the mean of ``A`` over the
-                 response's tokens. ``seq_mean_token_mean`` gives verl's value exactly
-``clip_cov``     the clipped loss without dual clip, set to 0 on the selected tokens      clip_cov
-                 (Clip-Cov, Cui et al., 2025)
-``kl_cov``       ``-rho A``, plus ``kl_cov_coef |d|`` on the selected tokens (KL-Cov,     kl_cov
-                 Cui et al., 2025)
-================ ==================================================================== =========
+* ``clipped`` (verl ``vanilla``): ``-min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A)``, with
+  an optional dual clip (PPO; DAPO's clip-higher is ``eps_high > eps_low``).
+* ``gspo`` (verl ``gspo``; GSPO, Zheng et al., 2025, arXiv 2507.18071): the same with the
+  sequence ratio ``s_i = exp(mean_t d_{i,t})`` in place of ``rho``, written per token as
+  ``s_{i,t} = sg(s_i) exp(logp_t - sg(logp_t))`` (value ``s_i``, gradient through every token),
+  its log clamped at 10 as verl does, and its own clip range ``gspo_clip_low`` /
+  ``gspo_clip_high`` (the paper's 3e-4 / 4e-4: a sequence ratio stays close to 1).
+* ``cispo`` (verl ``cispo``; CISPO, MiniMax-M1, 2025, arXiv 2506.13585):
+  ``-sg(clip(rho, 1 - eps_low, 1 + eps_high)) A logp_t``: the clipped importance weight scales
+  the REINFORCE term, so every token keeps its gradient. (The paper bounds the weight from above
+  only; a ``clip_low`` close to 1 approximates that.)
+* ``gmpo`` (verl ``geo_mean``; GMPO, Zhao et al., 2025, arXiv 2507.20673):
+  ``-A_i exp(mean_t d~_{i,t})`` on every token of response ``i``, the geometric mean of the token
+  ratios with each log-ratio clipped to ``[-eps_low, eps_high]`` on the side that binds for the
+  sign of ``A`` (``d~ = min(d, eps_high)`` for ``A > 0``, ``max(d, -eps_low)`` for ``A < 0``);
+  ``A_i`` is the mean of ``A`` over the response's tokens. ``seq_mean_token_mean`` gives verl's
+  value (the mean over responses); the paper clips wider, ``eps = 0.4``.
+* ``clip_cov`` (verl ``clip_cov``; Cui et al., 2025, "The Entropy Mechanism of Reinforcement
+  Learning for Reasoning Language Models", arXiv 2505.22617): the clipped loss without dual clip,
+  set to 0 (value and gradient) on the selected tokens.
+* ``kl_cov`` (verl ``kl_cov``; Cui et al., 2025): the unclipped ``-rho A``, plus
+  ``kl_cov_coef |d|`` on the selected tokens.
 
 **Clip-Cov / KL-Cov selection** (:func:`covariance_selection`). Over the valid tokens of the
 whole batch passed in, ``C_t = (A_t - mean A) (logp_t - mean logp)``, the centred product whose
