@@ -150,14 +150,15 @@ def test_micro_batch_count_does_not_change_the_update_of_any_objective(objective
     batch = make_batch(4)
     rng = np.random.default_rng(0)
     batch["is_weights"] = rng.uniform(0.5, 2.0, (N, L)).astype(np.float32)
+    settings = {"loss.objective": objective, "loss.aggregation": "seq_mean_token_mean",
+                "rollout.correction": "token", **OBJECTIVE_SETTINGS[objective]}
+    state, _, (mesh, rules, tx, shardings) = setup(settings)
+    params0 = jax.tree.map(np.asarray, state.params)
     results = []
     for micro in (1, 2, 4):
-        config = {"loss.objective": objective, "batching.micro_batches": micro,
-                  "loss.aggregation": "seq_mean_token_mean", "rollout.correction": "token",
-                  **OBJECTIVE_SETTINGS[objective]}
-        state, step, _ = setup(config)
-        params0 = jax.tree.map(np.asarray, state.params)
-        new_state, metrics = step(state, batch)
+        config = run_config({**settings, "batching.micro_batches": micro})
+        step = ts.make_train_step(config, CONFIG, tx, mesh, rules, shardings)
+        new_state, metrics = step(jax.tree.map(jnp.copy, state), batch)  # the step donates it
         results.append((jax.tree.map(np.asarray, new_state.params), metrics))
     assert tree_max_diff(results[0][0], params0) > 1e-4  # the objective has a gradient
     for params, metrics in results[1:]:
