@@ -46,7 +46,9 @@ verl releases before 0.9 divide by the horizon only, omitting ``N_seq``.
 the global batch and pass it to :func:`policy_loss` on each micro-batch: the micro-batch losses,
 their gradients and the additive metrics then sum exactly to the full-batch values. Additive
 metrics are token sums divided by the global token count ``metrics_normalizer``;
-``ratio_max``/``ratio_min`` combine by max/min.
+``ratio_max``/``ratio_min`` combine by max/min. Clip-Cov and KL-Cov also need their token
+selection made once over the global batch (``cov_selection``, from
+:func:`rlvr_jax.policy_losses.covariance_selection`), as ``train_step`` does.
 """
 
 from __future__ import annotations
