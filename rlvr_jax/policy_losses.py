@@ -53,6 +53,9 @@ Array = jax.Array
 Objective = Literal["clipped", "gspo", "cispo", "gmpo", "clip_cov", "kl_cov"]
 OBJECTIVES: tuple[str, ...] = ("clipped", "gspo", "cispo", "gmpo", "clip_cov", "kl_cov")
 COVARIANCE_OBJECTIVES: tuple[str, ...] = ("clip_cov", "kl_cov")
+SELECTION_SETTINGS: tuple[str, ...] = ("objective", "clip_low", "clip_high", "clip_cov_ratio",
+                                       "clip_cov_lb", "clip_cov_ub", "kl_cov_ratio")
+"""The ``loss`` settings :func:`covariance_selection` reads."""
 GSPO_LOG_RATIO_MAX = 10.0  # verl's clamp of the log sequence ratio
 sg = jax.lax.stop_gradient
 

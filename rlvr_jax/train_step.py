@@ -53,8 +53,6 @@ from rlvr_jax import logprobs, losses, metrics, models, policy_losses, sharding
 Batch = dict[str, jax.Array]
 BATCH_KEYS = ("tokens", "attention_mask", "response_mask", "old_logp", "advantages")
 EXTREME_METRICS = {"ratio_max": jnp.maximum, "ratio_min": jnp.minimum}
-_SELECTION_SETTINGS = ("objective", "clip_low", "clip_high", "clip_cov_ratio", "clip_cov_lb",
-                       "clip_cov_ub", "kl_cov_ratio")
 
 
 @flax.struct.dataclass
@@ -201,7 +199,7 @@ def make_train_step(
                                micro_batches)  # drawn in the mini-batch's own row order
         return policy_losses.covariance_selection(
             logp, micro["old_logp"], micro["advantages"], micro["response_mask"],
-            priority=priority, **{k: loss_settings[k] for k in _SELECTION_SETTINGS})
+            priority=priority, **{k: loss_settings[k] for k in policy_losses.SELECTION_SETTINGS})
 
     def combine(total: dict, part: dict) -> dict:
         return {k: EXTREME_METRICS.get(k, jnp.add)(total[k], part[k]) for k in total}
