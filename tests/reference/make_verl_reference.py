@@ -8,9 +8,14 @@ repository::
     python3 -m venv /tmp/verl-venv
     /tmp/verl-venv/bin/pip install torch==2.13.0 numpy
     /tmp/verl-venv/bin/pip install --no-deps verl==0.9.1
-    # plus the small pure-Python packages its imports ask for (packaging, ray, omegaconf,
-    # tensordict, transformers, ...), each with --no-deps
+    # the packages verl's imports ask for, without their own dependencies:
+    /tmp/verl-venv/bin/pip install --no-deps packaging ray msgpack protobuf requests urllib3 \
+        idna certifi pyyaml jsonschema attrs referencing rpds-py jsonschema-specifications \
+        tensordict pyvers cloudpickle omegaconf transformers regex huggingface_hub tqdm httpx2 \
+        httpcore2 truststore h11 safetensors codetiming orjson
     /tmp/verl-venv/bin/python tests/reference/make_verl_reference.py
+
+(Made with torch 2.13.0+cpu and those packages as of this commit; the JSON records the versions.)
 
 Every case stores its inputs (float32 values) next to verl's outputs, computed in float64.
 verl's loss aggregation names map to this project's (``losses.py``): ``token-mean`` ->
