@@ -32,6 +32,7 @@ def group_inputs(k: int, G: int, pi_correct: float, pi_wrong: float, length: int
         "response_mask": np.ones_like(logp),
         "prompt_logp": np.full((1, 8), math.log(0.3), np.float32),
         "prompt_mask": np.ones((1, 8), np.float32),
+        "entropy": np.full_like(logp, 1.0),  # the entropy-shaped advantage's H
     }
     return rewards, stats
 

@@ -18,7 +18,10 @@ Conventions (each an explicit keyword argument):
 
 ``get(name)`` returns an estimator by its config name, and ``compute(name, rewards, stats,
 **options)`` calls it with only the statistics it needs from a dict of rollout statistics
-(``logp``, ``response_mask``, ``prompt_logp``, ``prompt_mask``).
+(``logp``, ``response_mask``, ``prompt_logp``, ``prompt_mask``, ``entropy``). The registry also
+holds the exploration literature's baselines of :mod:`rlvr_jax.exploration_advantages`
+(``grpo_passk``, ``psr``, ``nsr``, ``w_reinforce``, ``entropy_advantage``); the input checks and
+group statistics every estimator shares are in :mod:`rlvr_jax.group_statistics`.
 """
 
 from __future__ import annotations
@@ -31,97 +34,24 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from rlvr_jax import exploration_advantages as exploration
+from rlvr_jax.group_statistics import (
+    all_equal,
+    as_f32,
+    check_binary,
+    check_prompt_stats,
+    check_rewards,
+    check_token_stats,
+    group_normalise,
+    masked_mean,
+    out_dtype,
+)
 
 Array = jax.Array
 Confidence = Literal["low_tokens", "all_tokens", "low_tokens_sum"]
 AllWrongWeighting = Literal["loss", "per_response"]
 ALL_WRONG_WEIGHTINGS: tuple[str, ...] = ("loss", "per_response")
-
-
-# ----------------------------------------------------------------------------------------------
-# Input checks and shared group statistics
-# ----------------------------------------------------------------------------------------------
-
-
-def _check_rewards(rewards: Array, name: str) -> None:
-    if jnp.ndim(rewards) != 2:
-        raise ValueError(
-            f"{name}: rewards must have shape [B, G] (prompts x group), got shape "
-            f"{jnp.shape(rewards)}"
-        )
-
-
-def _check_token_stats(rewards: Array, logp: Array, mask: Array, name: str) -> None:
-    B, G = jnp.shape(rewards)
-    if jnp.ndim(logp) != 3 or jnp.shape(logp)[:2] != (B, G):
-        raise ValueError(
-            f"{name}: logp must have shape [B, G, L] = [{B}, {G}, L] to match rewards, got "
-            f"{jnp.shape(logp)}"
-        )
-    if jnp.shape(mask) != jnp.shape(logp):
-        raise ValueError(
-            f"{name}: response_mask shape {jnp.shape(mask)} does not match logp shape "
-            f"{jnp.shape(logp)}"
-        )
-
-
-def _check_prompt_stats(rewards: Array, prompt_logp: Array, prompt_mask: Array, name: str):
-    B = jnp.shape(rewards)[0]
-    if jnp.ndim(prompt_logp) != 2 or jnp.shape(prompt_logp)[0] != B:
-        raise ValueError(
-            f"{name}: prompt_logp must have shape [B, P] = [{B}, P], got {jnp.shape(prompt_logp)}"
-        )
-    if jnp.shape(prompt_mask) != jnp.shape(prompt_logp):
-        raise ValueError(
-            f"{name}: prompt_mask shape {jnp.shape(prompt_mask)} does not match prompt_logp "
-            f"shape {jnp.shape(prompt_logp)}"
-        )
-
-
-def _check_binary(rewards: Array, name: str) -> None:
-    """Raises on non-binary rewards when their values are known (outside ``jit``)."""
-    try:
-        values = np.asarray(rewards, dtype=np.float32)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return  # traced under jit: values are unknown here
-    bad = values[(values != 0.0) & (values != 1.0)]
-    if bad.size:
-        raise ValueError(
-            f"{name} requires binary rewards in {{0, 1}}; got non-binary values such as "
-            f"{bad[:5].tolist()}. Binarise the verifier's score first."
-        )
-
-
-def _out_dtype(rewards: Array) -> jnp.dtype:
-    dtype = jnp.asarray(rewards).dtype
-    return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.dtype(jnp.float32)
-
-
-def _as_f32(x: Array) -> Array:
-    return jnp.asarray(x).astype(jnp.promote_types(jnp.asarray(x).dtype, jnp.float32))
-
-
-def _all_equal(r: Array) -> Array:
-    """bool[B]: the group has no contrast (every reward equals the first)."""
-    return jnp.all(r == r[:, :1], axis=-1)
-
-
-def _group_normalise(r: Array, std_ddof: int, eps: float) -> Array:
-    """``(r - mean) / (std + eps)`` per group, exactly 0 on all-equal groups.  # [B, G]"""
-    G = r.shape[-1]
-    centred = r - jnp.mean(r, axis=-1, keepdims=True)
-    variance = jnp.sum(centred**2, axis=-1, keepdims=True) / jnp.maximum(G - std_ddof, 1)
-    degenerate = _all_equal(r)[:, None]
-    denominator = jnp.sqrt(jnp.where(degenerate, 1.0, variance)) + eps  # sqrt'(0) is inf
-    return jnp.where(degenerate, 0.0, centred / denominator)
-
-
-def _masked_mean(x: Array, mask: Array, axis: int = -1) -> Array:
-    """Mean of ``x`` over ``mask``; 0 where the mask is empty."""
-    total = jnp.sum(jnp.where(mask, x, 0.0), axis=axis)
-    count = jnp.sum(mask, axis=axis)
-    return total / jnp.maximum(count, 1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -142,9 +72,9 @@ def grpo(rewards: Array, *, std_ddof: int = 1, eps: float = 1e-6) -> Array:
     Returns:
       ``[B, G]`` advantages; exactly 0 on groups whose rewards are all equal.
     """
-    _check_rewards(rewards, "grpo")
-    r = _as_f32(rewards)
-    return _group_normalise(r, std_ddof, eps).astype(_out_dtype(rewards))
+    check_rewards(rewards, "grpo")
+    r = as_f32(rewards)
+    return group_normalise(r, std_ddof, eps).astype(out_dtype(rewards))
 
 
 def dr_grpo(rewards: Array) -> Array:
@@ -152,10 +82,10 @@ def dr_grpo(rewards: Array) -> Array:
 
     Pair it with the constant-normaliser loss aggregation ``seq_sum_over_max_len``.
     """
-    _check_rewards(rewards, "dr_grpo")
-    r = _as_f32(rewards)
-    centred = jnp.where(_all_equal(r)[:, None], 0.0, r - jnp.mean(r, axis=-1, keepdims=True))
-    return centred.astype(_out_dtype(rewards))
+    check_rewards(rewards, "dr_grpo")
+    r = as_f32(rewards)
+    centred = jnp.where(all_equal(r)[:, None], 0.0, r - jnp.mean(r, axis=-1, keepdims=True))
+    return centred.astype(out_dtype(rewards))
 
 
 def rloo(rewards: Array) -> Array:
@@ -163,13 +93,13 @@ def rloo(rewards: Array) -> Array:
 
     Requires ``G >= 2``. ``[B, G] -> [B, G]``.
     """
-    _check_rewards(rewards, "rloo")
+    check_rewards(rewards, "rloo")
     G = jnp.shape(rewards)[1]
     if G < 2:
         raise ValueError(f"rloo needs at least 2 responses per group (leave-one-out), got G={G}")
-    r = _as_f32(rewards)
-    centred = jnp.where(_all_equal(r)[:, None], 0.0, r - jnp.mean(r, axis=-1, keepdims=True))
-    return (centred * (G / (G - 1))).astype(_out_dtype(rewards))
+    r = as_f32(rewards)
+    centred = jnp.where(all_equal(r)[:, None], 0.0, r - jnp.mean(r, axis=-1, keepdims=True))
+    return (centred * (G / (G - 1))).astype(out_dtype(rewards))
 
 
 def reinforce_pp_baseline(
@@ -189,16 +119,16 @@ def reinforce_pp_baseline(
     Returns:
       ``[B, G, L]`` advantages, 0 on padding.
     """
-    _check_rewards(rewards, "reinforce_pp_baseline")
+    check_rewards(rewards, "reinforce_pp_baseline")
     B, G = jnp.shape(rewards)
     if jnp.ndim(response_mask) != 3 or jnp.shape(response_mask)[:2] != (B, G):
         raise ValueError(
             f"reinforce_pp_baseline: response_mask must have shape [B, G, L] = [{B}, {G}, L], "
             f"got {jnp.shape(response_mask)}"
         )
-    r = _as_f32(rewards)
+    r = as_f32(rewards)
     mask = jnp.asarray(response_mask).astype(bool)  # [B, G, L]
-    centred = jnp.where(_all_equal(r)[:, None], 0.0, r - jnp.mean(r, axis=-1, keepdims=True))
+    centred = jnp.where(all_equal(r)[:, None], 0.0, r - jnp.mean(r, axis=-1, keepdims=True))
     tokens = jnp.broadcast_to(centred[:, :, None], mask.shape)  # [B, G, L]
     count = jnp.sum(mask)
     mu = jnp.sum(jnp.where(mask, tokens, 0.0)) / jnp.maximum(count, 1)
@@ -206,7 +136,7 @@ def reinforce_pp_baseline(
     variance = jnp.sum(deviation**2) / jnp.maximum(count - std_ddof, 1)
     std = jnp.where(variance > 0, jnp.sqrt(jnp.where(variance > 0, variance, 1.0)), 0.0)
     whitened = deviation / (std + eps)
-    return jnp.where(mask, whitened, 0.0).astype(_out_dtype(rewards))
+    return jnp.where(mask, whitened, 0.0).astype(out_dtype(rewards))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,9 +163,9 @@ def asym_grpo(rewards: Array, *, beta_pos: float = 0.9, beta_neg: float = 0.4) -
     Returns:
       ``[B, G]`` advantages.
     """
-    _check_rewards(rewards, "asym_grpo")
-    _check_binary(rewards, "asym_grpo")
-    correct = _as_f32(rewards) > 0.5  # [B, G]
+    check_rewards(rewards, "asym_grpo")
+    check_binary(rewards, "asym_grpo")
+    correct = as_f32(rewards) > 0.5  # [B, G]
     G = correct.shape[-1]
     p = jnp.sum(correct, axis=-1, keepdims=True) / G  # [B, 1]
     mixed = (p > 0.0) & (p < 1.0)
@@ -244,7 +174,7 @@ def asym_grpo(rewards: Array, *, beta_pos: float = 0.9, beta_neg: float = 0.4) -
     positive = jnp.exp(beta_pos * log_odds)
     negative = -jnp.exp(-beta_neg * log_odds)
     advantage = jnp.where(correct, positive, negative)
-    return jnp.where(mixed, advantage, 0.0).astype(_out_dtype(rewards))
+    return jnp.where(mixed, advantage, 0.0).astype(out_dtype(rewards))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,18 +245,18 @@ def lens(
     Returns:
       ``[B, G]`` advantages, or ``[B, G, L]`` with ``all_wrong_weighting="per_response"``.
     """
-    _check_rewards(rewards, "lens")
-    _check_token_stats(rewards, logp, response_mask, "lens")
+    check_rewards(rewards, "lens")
+    check_token_stats(rewards, logp, response_mask, "lens")
     if all_wrong_weighting not in ALL_WRONG_WEIGHTINGS:
         raise ValueError(
             f"lens: all_wrong_weighting={all_wrong_weighting!r}; expected one of "
             f"{ALL_WRONG_WEIGHTINGS}"
         )
-    r = _as_f32(rewards)  # [B, G]
+    r = as_f32(rewards)  # [B, G]
     G = r.shape[-1]
     mask = jnp.asarray(response_mask).astype(bool)
-    logp = jax.lax.stop_gradient(_as_f32(logp))
-    mean_logp = _masked_mean(logp, mask)  # [B, G]
+    logp = jax.lax.stop_gradient(as_f32(logp))
+    mean_logp = masked_mean(logp, mask)  # [B, G]
     pi = jnp.exp(mean_logp)  # [B, G]
 
     all_wrong = jnp.all(r <= 0.0, axis=-1, keepdims=True)  # [B, 1]
@@ -349,16 +279,16 @@ def lens(
     ratio = jnp.where(gap > 0.0, pi / jnp.where(gap > 0.0, gap, 1.0), 0.0)
     calibrated = r - (1.0 - r) * ratio / G  # [B, G]
 
-    mixed_advantage = _group_normalise(calibrated, std_ddof, eps)
+    mixed_advantage = group_normalise(calibrated, std_ddof, eps)
     wrong_advantage = alpha * (calibrated - jnp.mean(calibrated, axis=-1, keepdims=True))
     advantage = jnp.where(mixed, mixed_advantage, jnp.where(all_wrong, wrong_advantage, 0.0))
     if all_wrong_weighting == "loss":
-        return advantage.astype(_out_dtype(rewards))
+        return advantage.astype(out_dtype(rewards))
     lengths = jnp.sum(mask, axis=-1).astype(jnp.float32)  # [B, G]
     mean_length = jnp.sum(lengths) / jnp.maximum(jnp.sum(lengths > 0), 1)
     per_response = jnp.where(lengths > 0, mean_length / jnp.maximum(lengths, 1.0), 0.0)
     scaled = jnp.where(all_wrong, advantage * per_response, advantage)  # [B, G]
-    return jnp.where(mask, scaled[..., None], 0.0).astype(_out_dtype(rewards))  # [B, G, L]
+    return jnp.where(mask, scaled[..., None], 0.0).astype(out_dtype(rewards))  # [B, G, L]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -387,11 +317,11 @@ def answer_confidence(
     if not 0.0 < rho_low <= 1.0:
         raise ValueError(f"rho_low must be in (0, 1], got {rho_low}")
     mask = jnp.asarray(response_mask).astype(bool)
-    logp = jax.lax.stop_gradient(_as_f32(logp))
+    logp = jax.lax.stop_gradient(as_f32(logp))
     count = jnp.sum(mask, axis=-1)  # [...]
     n_low = jnp.maximum(1, jnp.ceil(rho_low * count).astype(jnp.int32))  # [...]
     if kind == "all_tokens":
-        return jnp.exp(_masked_mean(logp, mask))
+        return jnp.exp(masked_mean(logp, mask))
     if kind == "low_tokens_sum":
         total = jnp.sum(jnp.where(mask, logp, 0.0), axis=-1)
         return jnp.where(count > 0, jnp.exp(total / n_low), 1.0)
@@ -412,7 +342,7 @@ def prompt_confidence(prompt_logp: Array, prompt_mask: Array) -> Array:
     tokens, identical in every prompt, do not dilute ``c(q)``.
     """
     mask = jnp.asarray(prompt_mask).astype(bool)
-    return jnp.exp(_masked_mean(jax.lax.stop_gradient(_as_f32(prompt_logp)), mask))
+    return jnp.exp(masked_mean(jax.lax.stop_gradient(as_f32(prompt_logp)), mask))
 
 
 def progrpo(
@@ -464,11 +394,11 @@ def progrpo(
     Returns:
       ``[B, G]`` advantages.
     """
-    _check_rewards(rewards, "progrpo")
-    _check_token_stats(rewards, logp, response_mask, "progrpo")
-    _check_prompt_stats(rewards, prompt_logp, prompt_mask, "progrpo")
-    r = _as_f32(rewards)
-    base = _group_normalise(r, std_ddof, eps)  # [B, G]
+    check_rewards(rewards, "progrpo")
+    check_token_stats(rewards, logp, response_mask, "progrpo")
+    check_prompt_stats(rewards, prompt_logp, prompt_mask, "progrpo")
+    r = as_f32(rewards)
+    base = group_normalise(r, std_ddof, eps)  # [B, G]
     c_answer = answer_confidence(logp, response_mask, rho_low=rho_low, kind=confidence)
     c_prompt = prompt_confidence(prompt_logp, prompt_mask)[:, None]  # [B, 1]
     bonus = alpha * (c_prompt - c_answer)  # [B, G]
@@ -479,7 +409,7 @@ def progrpo(
         applies &= ~jnp.all(correct, axis=-1, keepdims=True)
     if arm_only_on_correct:
         applies &= correct
-    return (base + jnp.where(applies, bonus, 0.0)).astype(_out_dtype(rewards))
+    return (base + jnp.where(applies, bonus, 0.0)).astype(out_dtype(rewards))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -494,14 +424,18 @@ class EstimatorSpec:
     Attributes:
       fn: the estimator.
       inputs: names of the keyword statistics it needs, from ``logp``, ``response_mask``,
-        ``prompt_logp``, ``prompt_mask``.
+        ``prompt_logp``, ``prompt_mask``, ``entropy`` (the rollout policy's full-vocabulary
+        entropies ``[B, G, L]``).
       per_token: True when it always returns ``[B, G, L]`` instead of ``[B, G]`` (``lens``
         returns ``[B, G, L]`` only with ``all_wrong_weighting="per_response"``).
+      binary_rewards: True when it reads rewards as binary outcomes, so a shaped reward
+        (DAPO's overlong penalty) would be misread (``config.validate`` refuses the pair).
     """
 
     fn: Callable[..., Array]
     inputs: tuple[str, ...] = ()
     per_token: bool = False
+    binary_rewards: bool = False
 
 
 ESTIMATORS: Mapping[str, EstimatorSpec] = {
@@ -511,9 +445,16 @@ ESTIMATORS: Mapping[str, EstimatorSpec] = {
     "reinforce_pp_baseline": EstimatorSpec(
         reinforce_pp_baseline, ("response_mask",), per_token=True
     ),
-    "asym_grpo": EstimatorSpec(asym_grpo),
-    "lens": EstimatorSpec(lens, ("logp", "response_mask")),
+    "asym_grpo": EstimatorSpec(asym_grpo, binary_rewards=True),
+    "lens": EstimatorSpec(lens, ("logp", "response_mask"), binary_rewards=True),
     "progrpo": EstimatorSpec(progrpo, ("logp", "response_mask", "prompt_logp", "prompt_mask")),
+    "grpo_passk": EstimatorSpec(exploration.grpo_passk),
+    "psr": EstimatorSpec(exploration.psr, binary_rewards=True),
+    "nsr": EstimatorSpec(exploration.nsr, binary_rewards=True),
+    "w_reinforce": EstimatorSpec(exploration.w_reinforce, binary_rewards=True),
+    "entropy_advantage": EstimatorSpec(
+        exploration.entropy_advantage, ("entropy", "response_mask"), per_token=True
+    ),
 }
 
 

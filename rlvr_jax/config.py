@@ -29,6 +29,8 @@ The other sections (their keys are documented where they are read)::
     task:       name (``tasks.names()``), options, train_split, eval_split
     rollout:    prompts_per_step (B), group_size (G), max_prompt_len, max_new_tokens, sampling,
                 prompt_bucket, length_bucket, old_logp_source ("trainer" | "sampler"),
+                correction ("none" | "token" | "sequence"), correction_cap (truncated
+                importance weights trainer / sampler: rlvr_jax.rollout_correction),
                 dynamic_sampling, max_sampling_rounds, overlong_buffer (0: off), overlong_coef,
                 unstack_decode_layers (see sampling.generate)
     advantage:  estimator (advantages.ESTIMATORS), options, prompt_tokens (which prompt tokens
@@ -63,7 +65,15 @@ from typing import Any
 import jax.numpy as jnp
 import ml_collections
 
-from rlvr_jax import advantages, logprobs, losses, optimizer, sampling, sharding
+from rlvr_jax import (
+    advantages,
+    logprobs,
+    losses,
+    optimizer,
+    rollout_correction,
+    sampling,
+    sharding,
+)
 from rlvr_jax.tasks.prompts import PROMPT_TOKENS
 from rlvr_jax.tasks.registry import check_name as check_task_name
 
@@ -124,6 +134,8 @@ def base_config() -> ml_collections.ConfigDict:
         "prompt_bucket": 64,
         "length_bucket": 64,
         "old_logp_source": "trainer",
+        "correction": "none",
+        "correction_cap": 2.0,
         "dynamic_sampling": False,
         "max_sampling_rounds": 4,
         "overlong_buffer": 0,
@@ -259,8 +271,9 @@ def _check_training_sampling(strategy: sampling.SamplingStrategy) -> None:
 def _check_estimator_conventions(config: ml_collections.ConfigDict) -> None:
     """The estimator's pairings with the rollout and the loss that would silently be wrong.
 
-    DAPO's overlong penalty makes rewards non-binary: AsymGRPO and LENS read rewards as binary
-    outcomes and refuse it; ProGRPO accepts it (its correctness test ``r > 0`` on the shaped
+    DAPO's overlong penalty makes rewards non-binary: the estimators that read rewards as binary
+    outcomes (``EstimatorSpec.binary_rewards``: AsymGRPO, LENS, PSR / NSR / W-REINFORCE) refuse
+    it; ProGRPO accepts it (its correctness test ``r > 0`` on the shaped
     reward is documented in ``advantages.progrpo``). LENS's ``per_response`` weighting already
     divides by the response length, which ``seq_mean_token_mean`` would do a second time.
     """
@@ -269,12 +282,14 @@ def _check_estimator_conventions(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"advantage.prompt_tokens={advantage.prompt_tokens!r}; expected one of {PROMPT_TOKENS}"
         )
-    if config.rollout.overlong_buffer and advantage.estimator in ("asym_grpo", "lens"):
+    if config.rollout.overlong_buffer and advantages.spec(advantage.estimator).binary_rewards:
+        accepting = [name for name, entry in advantages.ESTIMATORS.items()
+                     if not entry.binary_rewards]
         raise ValueError(
             "rollout.overlong_buffer makes rewards non-binary (verifier reward plus a length "
             f"penalty), but advantage.estimator={advantage.estimator!r} requires binary rewards; "
             "set rollout.overlong_buffer=0 or use an estimator that accepts shaped rewards "
-            "(grpo, dr_grpo, rloo, reinforce_pp_baseline, progrpo)"
+            f"({', '.join(accepting)})"
         )
     if (advantage.estimator == "lens"
             and advantage.options.get("all_wrong_weighting") == "per_response"
@@ -371,6 +386,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"rollout.old_logp_source={rollout.old_logp_source!r}; expected 'trainer' or "
             "'sampler'"
         )
+    rollout_correction.check_settings(rollout.correction, rollout.correction_cap,
+                                      rollout.old_logp_source)
     _check_estimator_conventions(config)
     at_ends = config.eval.samples_per_prompt_at_ends
     if at_ends is not None and at_ends < 1:

@@ -1,4 +1,4 @@
-"""Two kinds of named variants: controlled estimator variants, and papers' full recipes.
+"""Two kinds of named variants: controlled estimator and loss variants, and papers' full recipes.
 
 A recipe config calls ``apply_variant(config, name)`` to turn its base setup into one run.
 
@@ -7,6 +7,12 @@ nothing else: the estimator and its options (the defaults of its signature,
 :func:`estimator_options`). Every other setting (loss aggregation ``token_mean``, clip 0.2 /
 0.2, sampling, data, optimizer) is the recipe's own, shared by all of them, so a difference
 between two controlled runs of one recipe is the estimator's. Comparison sweeps use these.
+**Controlled loss variants** (:data:`CONTROLLED_LOSSES`) keep GRPO's estimator and change only
+``loss.objective`` (:mod:`rlvr_jax.policy_losses`); each objective's own options
+(``loss.gspo_clip_*``, ``loss.clip_cov_*``, ``loss.kl_cov_*``) keep their values, the defaults of
+``losses.policy_loss`` unless the recipe sets them. The shared clip range, aggregation and
+everything else stay the recipe's (GMPO's paper clips wider, ``clip_low = clip_high = 0.4``,
+and GSPO's aggregates ``seq_mean_token_mean``: paper settings, not the objective's).
 
 **Paper recipes** (:data:`PAPER_RECIPES`, names ending in ``_recipe``) reproduce a paper's whole
 algorithm: its estimator *and* its loss aggregation, clip range or sampling filter. A
@@ -22,6 +28,16 @@ reinforce_pp       reinforce_pp_baseline   the recipe's
 progrpo            progrpo (ARM, alpha 1)  the recipe's
 asym_grpo          asym_grpo               the recipe's
 lens               lens                    the recipe's
+grpo_passk         grpo_passk              the recipe's
+psr                psr                     the recipe's
+nsr                nsr                     the recipe's
+w_reinforce        w_reinforce             the recipe's
+entropy_advantage  entropy_advantage       the recipe's
+gspo               grpo                    loss.objective gspo (the recipe's otherwise)
+cispo              grpo                    loss.objective cispo
+gmpo               grpo                    loss.objective gmpo
+clip_cov           grpo                    loss.objective clip_cov
+kl_cov             grpo                    loss.objective kl_cov
 grpo_recipe        grpo                    seq_mean_token_mean (the GRPO paper's normalisation)
 dr_grpo_recipe     dr_grpo                 seq_sum_over_max_len (Dr. GRPO's constant normaliser)
 dapo_recipe        grpo                    token_mean, clip_high 0.28, dynamic sampling,
@@ -49,8 +65,18 @@ CONTROLLED: dict[str, str] = {
     "progrpo": "progrpo",
     "asym_grpo": "asym_grpo",
     "lens": "lens",
+    "grpo_passk": "grpo_passk",
+    "psr": "psr",
+    "nsr": "nsr",
+    "w_reinforce": "w_reinforce",
+    "entropy_advantage": "entropy_advantage",
 }
 """Controlled variant name -> the estimator it sets (and nothing else)."""
+
+CONTROLLED_LOSSES: dict[str, str] = {
+    "gspo": "gspo", "cispo": "cispo", "gmpo": "gmpo", "clip_cov": "clip_cov", "kl_cov": "kl_cov",
+}
+"""Controlled loss variant name -> the ``loss.objective`` it sets (with GRPO's estimator)."""
 
 DAPO_SETTINGS: dict[str, Any] = {
     "loss.aggregation": "token_mean", "loss.clip_high": 0.28, "rollout.dynamic_sampling": True,
@@ -66,7 +92,7 @@ PAPER_RECIPES: dict[str, dict[str, Any]] = {
 """Paper recipe name -> every setting it changes (``"quarter"``: a quarter of
 ``rollout.max_new_tokens``)."""
 
-VARIANTS: tuple[str, ...] = (*CONTROLLED, *PAPER_RECIPES)
+VARIANTS: tuple[str, ...] = (*CONTROLLED, *CONTROLLED_LOSSES, *PAPER_RECIPES)
 
 
 def estimator_options(estimator: str) -> dict[str, Any]:
@@ -80,12 +106,15 @@ def apply_variant(config: Any, variant: str | None) -> Any:
     variant = variant or "grpo"
     if variant in CONTROLLED:
         settings = {"advantage.estimator": CONTROLLED[variant]}
+    elif variant in CONTROLLED_LOSSES:
+        settings = {"advantage.estimator": "grpo", "loss.objective": CONTROLLED_LOSSES[variant]}
     elif variant in PAPER_RECIPES:
         settings = PAPER_RECIPES[variant]
     else:
         raise ValueError(
             f"unknown variant {variant!r}; controlled variants (only the estimator changes): "
-            f"{', '.join(CONTROLLED)}; paper recipes: {', '.join(PAPER_RECIPES)}"
+            f"{', '.join(CONTROLLED)}; controlled loss variants (only loss.objective changes): "
+            f"{', '.join(CONTROLLED_LOSSES)}; paper recipes: {', '.join(PAPER_RECIPES)}"
         )
     for path, value in settings.items():
         if value == "quarter":

@@ -42,7 +42,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from rlvr_jax import advantages, logprobs, metrics, models, sampling, shaping
+from rlvr_jax import advantages, logprobs, metrics, models, rollout_correction, sampling, shaping
 from rlvr_jax.prompt_stream import PromptStream
 from rlvr_jax.rewards.distributed import verify_across_processes
 from rlvr_jax.tasks.prompts import encode_prompt, prompt_token_mask
@@ -288,9 +288,12 @@ def train_batch(
     sampling temperature; the old log-probs are its response part, or the sampler's log-probs
     of the same tempered distribution when ``rollout.old_logp_source == "sampler"``.
     Advantages come from ``config.advantage`` on ``rewards [B, G]``, with the log-prob
-    statistics the estimator needs (``[B, G, L]`` response, ``[B, P]`` prompt), so ProGRPO's
-    confidences and LENS's ``π̄`` are of the tempered policy too; the prompt mask keeps the
-    tokens ``config.advantage.prompt_tokens`` selects.
+    statistics the estimator needs (``[B, G, L]`` response log-probs and entropies, ``[B, P]``
+    prompt), so ProGRPO's confidences, LENS's ``π̄`` and the entropy-shaped advantage's ``H``
+    are of the tempered policy too; the prompt mask keeps the tokens
+    ``config.advantage.prompt_tokens`` selects. With ``rollout.correction`` the batch also holds
+    ``is_weights [N, L]``, the truncated trainer / sampler importance weights
+    (:mod:`rlvr_jax.rollout_correction`).
     """
     B, G, L = groups.completion_tokens.shape
     N, T = tokens["tokens"].shape
@@ -301,6 +304,7 @@ def train_batch(
         "logp": old_logp.reshape(B, G, L),
         "response_mask": tokens["response_mask"].reshape(B, G, L),
         "prompt_logp": policy.logprobs[::G, :P],  # [B, P]
+        "entropy": policy.entropy[:, P:].reshape(B, G, L),
     }
     if "prompt_mask" in advantages.spec(config.advantage.estimator).inputs:
         stats["prompt_mask"] = policy.mask[::G, :P] & prompt_token_mask(  # [B, P]
@@ -308,6 +312,10 @@ def train_batch(
     adv = np.asarray(advantages.compute(config.advantage.estimator, rewards, stats,
                                         **config.advantage.options), np.float32)
     batch = {**tokens, "old_logp": old_logp, "advantages": adv.reshape(N, *adv.shape[2:])}
+    if config.rollout.correction != "none":
+        batch["is_weights"] = rollout_correction.importance_weights(
+            policy.logprobs[:, P:], groups.sampling_logp.reshape(N, L), tokens["response_mask"],
+            level=config.rollout.correction, cap=config.rollout.correction_cap)  # [N, L]
     if reference_logp is not None:
         batch["ref_logp"] = reference_logp[:, P:]
     return batch
@@ -420,6 +428,11 @@ def collect(
     batch = train_batch(groups, tokens, policy, rewards, config, reference_logp)
     out = rollout_metrics(groups, batch, policy, rewards, rounds, sampler.eos_ids)
     out["prompts_skipped"] = float(rounds.prompts_skipped)
+    if config.rollout.correction != "none":
+        out.update(rollout_correction.weight_statistics(  # old_logp is the trainer's here
+            batch["old_logp"], groups.sampling_logp.reshape(batch["old_logp"].shape),
+            batch["response_mask"], level=config.rollout.correction,
+            cap=config.rollout.correction_cap))
     out.update(sampled_and_kept(lambda g: sampler.task.group_metrics(g.examples, g.rewards),
                                 groups, rounds))
     return batch, out, groups

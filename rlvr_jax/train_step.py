@@ -10,6 +10,7 @@ shardings. A *batch* is one rollout, flattened to ``N = B * G`` sequences::
     old_logp        float [N, L]     rollout-policy log-probs of the response tokens
     advantages      float [N] | [N, L]
     ref_logp        float [N, L]     reference-policy log-probs (only when loss.kl_coef > 0)
+    is_weights      float [N, L]     rollout-correction weights (only with rollout.correction)
 
 Every log-prob and entropy (``old_logp`` and ``ref_logp`` as the rollout computes them, and the
 current policy's here) is of the policy at the sampling temperature ``T =
@@ -23,7 +24,12 @@ one optimizer update each, repeated for ``batching.epochs`` epochs (PPO-style; t
 log-probs stay the old policy throughout). Each mini-batch is accumulated over
 ``batching.micro_batches`` micro-batches with ``lax.scan``; the loss normalisers are computed
 once per mini-batch, so the update does not depend on the micro-batch count (nor on the device
-count). The ``loss`` section is passed to :func:`losses.policy_loss` as it is.
+count). The ``loss`` section is passed to :func:`losses.policy_loss` as it is. Clip-Cov and
+KL-Cov (``loss.objective``) choose their tokens from the current policy's log-probs of the whole
+mini-batch, so those objectives first run one forward pass over the mini-batch's micro-batches
+(no gradient) and choose once, with uniform random priorities from the update's key
+(:func:`policy_losses.covariance_selection`); the choice then does not depend on the micro-batch
+count either.
 
 Metrics: ``loss``, ``grad_norm`` (before clipping), the :func:`losses.policy_loss` metrics
 (means over updates; ``ratio_max``/``ratio_min`` are extremes), ``cov_logp_advantage`` over
@@ -42,7 +48,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from rlvr_jax import logprobs, losses, metrics, models, sharding
+from rlvr_jax import logprobs, losses, metrics, models, policy_losses, sharding
 
 Batch = dict[str, jax.Array]
 BATCH_KEYS = ("tokens", "attention_mask", "response_mask", "old_logp", "advantages")
@@ -121,6 +127,9 @@ def _check_batch(batch: Mapping[str, Any], config: ml_collections.ConfigDict) ->
         raise ValueError(f"train batch is missing {missing}; it needs {list(BATCH_KEYS)}")
     if config.loss.kl_coef and "ref_logp" not in batch:
         raise ValueError("loss.kl_coef > 0 needs batch['ref_logp'] (reference log-probs)")
+    if config.rollout.correction != "none" and "is_weights" not in batch:
+        raise ValueError(f"rollout.correction={config.rollout.correction!r} needs "
+                         "batch['is_weights'] (rollout.train_batch adds them)")
     N, T = batch["tokens"].shape
     L = batch["response_mask"].shape[-1]
     for key, shape in (("attention_mask", (N, T)), ("old_logp", (N, L))):
@@ -157,33 +166,53 @@ def make_train_step(
     mini_batches, epochs = config.batching.mini_batches, config.batching.epochs
     row_sharding = sharding.batch_sharding(mesh, rules)
     temperature = config.rollout.sampling.temperature
+    selects_tokens = loss_settings["objective"] in policy_losses.COVARIANCE_OBJECTIVES
 
-    def loss_fn(params, mb: Batch, normalizer, token_count):
+    def response_scores(params, mb: Batch) -> logprobs.TokenLogprobs:
         prompt_len = mb["tokens"].shape[1] - mb["response_mask"].shape[1]
         scores = logprobs.token_logprobs(
             model_config, params, mb["tokens"], mb["attention_mask"],
             chunk_size=config.batching.logprob_chunk_size, temperature=temperature,
         )
-        _, response = scores.split(prompt_len)  # [n, L] each
+        return scores.split(prompt_len)[1]  # [n, L] each
+
+    def loss_fn(params, mb: Batch, normalizer, token_count):
+        response = response_scores(params, mb)
         entropy = response.entropy
         if not loss_settings["entropy_coef"]:
             entropy = jax.lax.stop_gradient(entropy)
         return losses.policy_loss(
             response.logprobs, mb["old_logp"], mb["advantages"], mb["response_mask"],
             logp_ref=mb.get("ref_logp"), entropy=entropy, normalizer=normalizer,
-            metrics_normalizer=token_count, **loss_settings,
+            metrics_normalizer=token_count, is_weights=mb.get("is_weights"),
+            cov_selection=mb.get("cov_selection"), **loss_settings,
         )
+
+    def covariance_selection(params, mini: Batch, micro: Batch, key) -> jax.Array:
+        """Clip-Cov's / KL-Cov's tokens of the mini-batch, in the micro-batch layout."""
+        def current_logp(mb: Batch) -> jax.Array:
+            mb = jax.lax.with_sharding_constraint(mb, row_sharding)
+            return jax.lax.stop_gradient(response_scores(params, mb).logprobs)
+
+        logp = jax.lax.map(current_logp, micro)  # [micro_batches, n / micro_batches, L]
+        priority = _interleave(jax.random.uniform(key, mini["response_mask"].shape),
+                               micro_batches)  # drawn in the mini-batch's own row order
+        return policy_losses.covariance_selection(
+            logp, micro["old_logp"], micro["advantages"], micro["response_mask"],
+            priority=priority, **{k: loss_settings[k] for k in policy_losses.SELECTION_SETTINGS})
 
     def combine(total: dict, part: dict) -> dict:
         return {k: EXTREME_METRICS.get(k, jnp.add)(total[k], part[k]) for k in total}
 
-    def update(carry, mini: Batch):
-        params, opt_state = carry
+    def update(carry, inputs: tuple[Batch, jax.Array]):
+        (params, opt_state), (mini, key) = carry, inputs
         mask = mini["response_mask"]
         normalizer = losses.loss_normalizer(mask, loss_settings["aggregation"],
                                             loss_settings["max_len"])
         token_count = losses.loss_normalizer(mask, "token_mean")
         micro = jax.tree.map(lambda x: _interleave(x, micro_batches), mini)
+        if selects_tokens:
+            micro["cov_selection"] = covariance_selection(params, mini, micro, key)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
         def accumulate(acc, mb: Batch):
@@ -210,7 +239,9 @@ def make_train_step(
             order = jax.random.permutation(epoch_key, batch["tokens"].shape[0])
             batch = jax.tree.map(lambda x: x[order], batch)
         minis = jax.tree.map(lambda x: _interleave(x, mini_batches), batch)
-        (params, opt_state), epoch_metrics = jax.lax.scan(update, carry[:2], minis)
+        update_keys = jax.random.split(jax.random.fold_in(epoch_key, 1), mini_batches)
+        (params, opt_state), epoch_metrics = jax.lax.scan(update, carry[:2],
+                                                          (minis, update_keys))
         return (params, opt_state, carry[2]), epoch_metrics
 
     def train_step(state: TrainState, batch: Batch):

@@ -410,7 +410,8 @@ def test_lens_properties(r, seed):
 
 
 def call(name, r, logp, mask, plogp, pmask):
-    stats = {"logp": logp, "response_mask": mask, "prompt_logp": plogp, "prompt_mask": pmask}
+    stats = {"logp": logp, "response_mask": mask, "prompt_logp": plogp, "prompt_mask": pmask,
+             "entropy": jnp.abs(logp)}  # any non-negative [B, G, L] statistic
     return adv.compute(name, r, stats)
 
 
@@ -423,13 +424,19 @@ def test_degenerate_groups_are_finite_and_zero_where_specified(name):
     assert_finite(a)
     grad = jax.grad(lambda x: jnp.sum(call(name, x, logp, mask, plogp, pmask) ** 2))(r)
     assert_finite(grad)
-    if name in ("grpo", "dr_grpo", "rloo", "asym_grpo", "lens"):
+    if name in ("grpo", "dr_grpo", "rloo", "asym_grpo", "lens", "grpo_passk",
+                "entropy_advantage", "nsr"):
         np.testing.assert_array_equal(a[1], 0.0)  # all-correct
     if name == "reinforce_pp_baseline":  # batch whitening shifts every valid token alike
         np.testing.assert_array_equal(a[mask == 0], 0.0)
         np.testing.assert_allclose(np.ptp(a[1][mask[1] > 0]), 0.0, atol=1e-6)
-    if name in ("grpo", "dr_grpo", "rloo", "asym_grpo", "progrpo"):
+    if name in ("grpo", "dr_grpo", "rloo", "asym_grpo", "progrpo", "grpo_passk",
+                "entropy_advantage", "psr"):
         np.testing.assert_array_equal(a[0], 0.0)  # all-wrong
+    if name in ("psr", "nsr", "w_reinforce"):  # no baseline: degenerate groups are trained on
+        positive, negative = {"psr": (1, 0), "nsr": (0, 1), "w_reinforce": (0.1, 1)}[name]
+        np.testing.assert_allclose(a[1], positive, rtol=1e-6)
+        np.testing.assert_allclose(a[0], -negative, rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["grpo", "dr_grpo", "asym_grpo", "lens", "progrpo",

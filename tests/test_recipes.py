@@ -36,6 +36,24 @@ def test_controlled_variants_change_only_the_advantage(variant):
     assert other.advantage.estimator == recipes.CONTROLLED[variant]
 
 
+@pytest.mark.parametrize("variant", list(recipes.CONTROLLED_LOSSES))
+def test_controlled_loss_variants_change_only_the_loss_objective(variant):
+    grpo = recipes.apply_variant(base_config(), "grpo")
+    other = recipes.apply_variant(base_config(), variant)
+    assert changed_keys(grpo, other) == {"loss.objective"}
+    assert other.loss.objective == recipes.CONTROLLED_LOSSES[variant]
+    assert other.advantage.estimator == "grpo"
+
+
+def test_a_loss_variant_keeps_the_recipes_own_loss_settings():
+    config = base_config()
+    config.loss.kl_cov_ratio, config.loss.clip_high = 2e-3, 0.28  # a recipe's choices
+    recipes.apply_variant(config, "kl_cov")
+    assert (config.loss.objective, config.loss.kl_cov_ratio, config.loss.clip_high) == (
+        "kl_cov", 2e-3, 0.28)
+    assert set(recipes.CONTROLLED_LOSSES).isdisjoint(recipes.CONTROLLED)
+
+
 def test_paper_recipes_carry_their_papers_settings():
     dapo = recipes.apply_variant(base_config(), "dapo_recipe")
     assert (dapo.advantage.estimator, dapo.loss.aggregation, dapo.loss.clip_high) == (

@@ -18,7 +18,7 @@ import pytest
 import toy
 from processes import run_processes
 
-from rlvr_jax import advantages, recipes, rollout, train
+from rlvr_jax import advantages, recipes, rollout, rollout_correction, train
 from rlvr_jax import config as config_lib
 from rlvr_jax.config import base_config
 from rlvr_jax.logprobs import TokenLogprobs
@@ -238,6 +238,49 @@ def test_train_batch_gives_progrpo_the_selected_prompt_tokens_of_each_group(sele
         response_mask=groups.completion_mask.astype(np.float32),
         prompt_logp=policy.logprobs[[0, 2], :4], prompt_mask=np.asarray(counted, bool))
     np.testing.assert_allclose(batch["advantages"], np.asarray(expected).reshape(4), rtol=1e-6)
+
+
+def test_train_batch_adds_correction_weights_and_gives_the_entropies_to_an_estimator():
+    """Token weights min(exp(trainer - sampler), 2) on valid tokens; the entropy-shaped
+    advantage A + min(0.4 H, |A| / 2) with the current policy's response entropies H."""
+    config = recipes.apply_variant(base_config(), "entropy_advantage")
+    config.rollout.correction = "token"
+    groups = make_groups([[1, 0, 0], [1, 1, 0]], [[4, 2, 1], [3, 4, 4]])
+    tokens = rollout.prompt_and_completion_tokens(groups, bucket=2, pad_id=0)
+    policy = policy_for(groups)
+    batch = rollout.train_batch(groups, tokens, policy, groups.rewards, config)
+    mask = tokens["response_mask"] > 0  # [6, 4]
+    ratio = np.exp(policy.logprobs[:, 2:].astype(np.float64) - groups.sampling_logp.reshape(6, 4))
+    np.testing.assert_allclose(batch["is_weights"], np.where(mask, np.minimum(ratio, 2.0), 0),
+                               rtol=1e-5)
+    r = groups.rewards.astype(np.float64)
+    grpo = ((r - r.mean(1, keepdims=True)) / (r.std(1, ddof=1, keepdims=True) + 1e-6)).reshape(6)
+    bonus = np.minimum(0.4 * policy.entropy[:, 2:], np.abs(grpo)[:, None] / 2)
+    np.testing.assert_allclose(batch["advantages"], np.where(mask, grpo[:, None] + bonus, 0),
+                               rtol=1e-5, atol=1e-7)
+    config.rollout.correction = "none"
+    assert "is_weights" not in rollout.train_batch(groups, tokens, policy, groups.rewards, config)
+
+
+def test_collect_logs_the_correction_weights():
+    config = base_config()
+    config.rollout.prompts_per_step, config.rollout.group_size = 2, 2
+    config.rollout.correction = "sequence"
+    sampler = FakeSampler()
+    sampler.prompt_bucket, sampler.pad_id, sampler.eos_ids = 2, 0, (EOS,)
+    sampler.task = CountingTask()
+
+    def logprob_fn(params, tokens, attention_mask, *, temperature):
+        logp = -np.abs(np.random.default_rng(0).normal(size=tokens.shape)).astype(np.float32)
+        return TokenLogprobs(logp, np.abs(logp), np.asarray(attention_mask, bool))
+
+    batch, out, groups = rollout.collect(sampler, FakeStream(), None, jax.random.key(0), config,
+                                         logprob_fn)
+    expected = rollout_correction.weight_statistics(
+        batch["old_logp"], groups.sampling_logp.reshape(4, -1), batch["response_mask"],
+        level="sequence", cap=2.0)
+    assert {key: out[key] for key in expected} == expected
+    assert expected["correction_weight_max"] > 0 and batch["is_weights"].shape == (4, 4)
 
 
 def test_prompt_selection_without_tokenizer_offsets_is_a_clear_error():

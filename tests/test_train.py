@@ -18,7 +18,17 @@ import pytest
 import toy
 
 from rlvr_jax import config as config_lib
-from rlvr_jax import recipes, tasks, train
+from rlvr_jax import (
+    logprobs,
+    models,
+    optimizer,
+    recipes,
+    rollout,
+    sharding,
+    tasks,
+    train,
+    train_step,
+)
 from rlvr_jax.tasks.order import epoch_order
 
 E2E = pathlib.Path(__file__).parent / "e2e"
@@ -189,6 +199,14 @@ BAD_VALUES = [  # (variant, {"section.key": value}, message)
     # binary-reward estimators refuse shaped rewards
     ("asym_grpo", {"rollout.overlong_buffer": 16}, r"'asym_grpo' requires binary rewards"),
     ("lens", {"rollout.overlong_buffer": 16}, r"'lens' requires binary rewards"),
+    ("nsr", {"rollout.overlong_buffer": 16}, r"'nsr' requires binary rewards.*grpo_passk"),
+    ("grpo", {"loss.objective": "ppo"}, r"unknown loss\.objective 'ppo'"),
+    ("gspo", {"loss.dual_clip": 2.0}, r"loss\.dual_clip applies to loss\.objective='clipped'"),
+    ("kl_cov", {"loss.kl_cov_ratio": 0.0}, r"loss\.kl_cov_ratio must be in \(0, 1\]"),
+    ("grpo", {"rollout.correction": "token", "rollout.old_logp_source": "sampler"},
+     r"rollout\.correction='token'.*would count twice"),
+    ("grpo", {"rollout.correction": "sequence", "rollout.correction_cap": 0.5},
+     r"rollout\.correction_cap must be >= 1"),
     ("progrpo", {"advantage.prompt_tokens": "system_prompt"},
      r"advantage\.prompt_tokens='system_prompt'.*question"),
     ("lens", {"advantage.options.all_wrong_weighting": "per_response",
@@ -269,6 +287,58 @@ def test_other_variants_run_end_to_end(tmp_path, model_dir, variant):
             assert row["train/kept/shaped_reward_mean"] <= row["train/kept/reward_mean"]
             assert row["train/sampled_groups"] >= config.rollout.prompts_per_step
     assert "eval/pass@1" in last
+
+
+BASELINE_VARIANTS = [  # (variant, rollout.correction): every new estimator and loss; the
+    # correction is on everywhere, so the estimators with per-response advantages share one
+    # compiled update
+    ("grpo_passk", "token"), ("psr", "sequence"), ("nsr", "token"), ("w_reinforce", "sequence"),
+    ("entropy_advantage", "token"), ("gspo", "sequence"), ("cispo", "token"),
+    ("gmpo", "sequence"), ("clip_cov", "token"), ("kl_cov", "sequence"),
+]
+
+
+@pytest.mark.slow
+def test_baseline_variants_run_end_to_end_on_one_model(model_dir):
+    """One RL step of every new variant, cycling through them on one toy model, sampler and
+    train state (the estimators share the compiled update; each loss compiles its own): the
+    rollout (sampling, verification, log-probs and entropies, the estimator, correction
+    weights) and the update give finite figures, and the correction weights are ~1 because the
+    sampler and the trainer score the tokens alike."""
+    toy.register()
+    config = toy.toy_config(model_dir)
+    model_config, params = models.load(model_dir)
+    tokenizer = models.load_tokenizer(model_dir)
+    mesh, rules = sharding.make_mesh(config.mesh), sharding.rules_from_config(None)
+    tx, _ = optimizer.make_optimizer(**config.optim)
+    state, shardings = train_step.create_train_state(model_config, tx, jax.random.key(0), mesh,
+                                                     rules, params=params)
+    logprob_fn = logprobs.make_logprob_fn(model_config, mesh, rules, shardings.params,
+                                          chunk_size=config.batching.logprob_chunk_size)
+    task = tasks.get(config.task.name)
+    sampler = rollout.Sampler(model_config, tokenizer, task, max_prompt_len=16, prompt_bucket=8,
+                              length_bucket=4, eos_ids=(tokenizer.eos_token_id,),
+                              pad_id=tokenizer.pad_token_id, unstack_layers=True)
+    stream = rollout.PromptStream(task, "train", seed=0)
+    steps: dict[str, object] = {}
+    for i, (variant, correction) in enumerate(BASELINE_VARIANTS):
+        config = recipes.apply_variant(toy.toy_config(model_dir), variant)
+        config.rollout.correction = correction
+        config_lib.validate(config)
+        if config.loss.objective not in steps:
+            steps[config.loss.objective] = train_step.make_train_step(
+                config, model_config, tx, mesh, rules, shardings)
+        batch, figures, _ = rollout.collect(sampler, stream, state.params, jax.random.key(i),
+                                            config, logprob_fn)
+        state, update = steps[config.loss.objective](
+            state, sharding.place_batch(batch, mesh, rules))
+        figures |= {f"update/{k}": float(v) for k, v in update.items()}
+        assert all(np.isfinite(v) for v in figures.values()), (variant, figures)
+        assert abs(figures["correction_weight_mean"] - 1) < 1e-3, (variant, figures)
+        assert figures["correction_frac_capped"] == 0.0
+        if variant in ("clip_cov", "kl_cov"):
+            assert "update/cov_selected_frac" in figures
+    assert int(state.step) == len(BASELINE_VARIANTS)
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[pathlib.Path(p).stem for p in RECIPES])

@@ -133,6 +133,44 @@ def test_micro_batch_count_does_not_change_the_update():
         np.testing.assert_allclose(loss, results[0][1], rtol=1e-5)
 
 
+OBJECTIVE_SETTINGS = {  # each objective's own part active on make_batch's ratios ~ e^-0.6
+    "gspo": {"loss.gspo_clip_low": 0.5, "loss.gspo_clip_high": 0.28},
+    "cispo": {},
+    "gmpo": {"loss.clip_low": 0.4},
+    "clip_cov": {"loss.clip_cov_ratio": 0.25, "loss.clip_cov_lb": 0.0, "loss.clip_low": 0.5},
+    "kl_cov": {"loss.kl_cov_ratio": 0.25, "loss.kl_cov_coef": 1.0},
+}
+
+
+@pytest.mark.parametrize("objective", OBJECTIVE_SETTINGS)
+def test_micro_batch_count_does_not_change_the_update_of_any_objective(objective):
+    """With rollout-correction weights and, for Clip-Cov / KL-Cov, the token selection made
+    over the whole mini-batch from the current policy (the same random choice for 1, 2 and 4
+    micro-batches)."""
+    batch = make_batch(4)
+    rng = np.random.default_rng(0)
+    batch["is_weights"] = rng.uniform(0.5, 2.0, (N, L)).astype(np.float32)
+    settings = {"loss.objective": objective, "loss.aggregation": "seq_mean_token_mean",
+                "rollout.correction": "token", **OBJECTIVE_SETTINGS[objective]}
+    state, _, (mesh, rules, tx, shardings) = setup(settings)
+    params0 = jax.tree.map(np.asarray, state.params)
+    results = []
+    for micro in (1, 2, 4):
+        config = run_config({**settings, "batching.micro_batches": micro})
+        step = ts.make_train_step(config, CONFIG, tx, mesh, rules, shardings)
+        new_state, metrics = step(jax.tree.map(jnp.copy, state), batch)  # the step donates it
+        results.append((jax.tree.map(np.asarray, new_state.params), metrics))
+    assert tree_max_diff(results[0][0], params0) > 1e-4  # the objective has a gradient
+    for params, metrics in results[1:]:
+        assert tree_max_diff(params, results[0][0]) < 1e-6
+        for key, value in metrics.items():
+            np.testing.assert_allclose(value, results[0][1][key], rtol=1e-5, atol=1e-7,
+                                       err_msg=key)
+    if objective in ("clip_cov", "kl_cov"):
+        selected = float(results[0][1]["cov_selected_frac"])
+        assert 0 < selected <= 0.25, selected
+
+
 def test_ppo_epochs_and_mini_batches_count_optimizer_updates():
     config = {"batching.mini_batches": 2, "batching.epochs": 3, "batching.micro_batches": 2}
     state, step, _ = setup(config, {"name": "adamw", "learning_rate": 1e-3})
@@ -215,6 +253,10 @@ def test_batch_errors_are_named():
         step(state, make_batch())
     state, step, _ = setup({"loss.kl_coef": 0.1})
     with pytest.raises(ValueError, match=r"needs batch\['ref_logp'\]"):
+        step(state, make_batch())
+    state, step, _ = setup({"rollout.correction": "token"})
+    with pytest.raises(ValueError, match=r"rollout.correction='token' needs "
+                                         r"batch\['is_weights'\]"):
         step(state, make_batch())
     batch = make_batch()
     del batch["old_logp"]
