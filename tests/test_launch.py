@@ -304,7 +304,11 @@ def test_sweep_cli_errors_are_clear(tmp_path, recipe, capsys):
 SHIPPED = {
     "progrpo_alpha": (15, {"advantage.options.alpha", "seed"}),
     "asym_grpo_betas": (27, {"advantage.options.beta_pos", "advantage.options.beta_neg", "seed"}),
-    "estimators": (21, {"seed"}),  # 7 controlled variants x 3 seeds
+    "estimators": (3 * len(recipes.CONTROLLED), {"seed"}),  # every controlled variant x 3 seeds
+    "exploration_smollm2": (12, {"seed", "optim.learning_rate", "total_steps",
+                                 "eval.every_steps", "eval.samples_per_prompt",
+                                 "eval.samples_per_prompt_at_ends", "checkpoint.save_every_steps",
+                                 "checkpoint.keep_last"}),  # 4 methods x 3 seeds
 }
 
 

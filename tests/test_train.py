@@ -370,6 +370,7 @@ def evaluated_prompts(monkeypatch, config, workdir):
 
     monkeypatch.setattr(train.evaluation, "evaluate", record)
     monkeypatch.setattr(train, "_sample_texts", lambda groups, count: {})
+    monkeypatch.setattr(train.evaluation, "prompt_records", lambda groups: {})
     config.total_steps, config.eval.at_start = 0, True
     config.logging.tensorboard = False
     train.run(config, str(workdir))
@@ -483,7 +484,7 @@ def test_a_workdir_in_use_stops_a_second_run_and_a_killed_runs_lock_does_not(tmp
         stdout=subprocess.PIPE, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     try:
         assert holder.stdout.readline() == "held\n"
-        monkeypatch.setattr(train.models, "load", _fail_if_loaded)
+        monkeypatch.setattr(train.models.ModelStore, "weights", _fail_if_loaded)
         with pytest.raises(RuntimeError, match=rf"workdir {workdir} is in use by another run "
                                                rf"\(pid {holder.pid} on host .*, started "):
             train.run(toy.toy_config(model_dir), workdir)
