@@ -40,15 +40,15 @@ EXTRAS_REQUIRE = {
         "torch==2.13.0",
         "accelerate>=1.0,<2",  # not imported: transformers' GGUF loading (the tests' reference)
         "ruff>=0.6",
-        "matplotlib>=3.8",  # tests/test_run_summary.py draws the curves
+        "matplotlib>=3.8",  # tests/test_run_summary.py and test_study.py draw the curves
     ],
     # transformers reads the tokenizer embedded in a GGUF file (the default SmolLM2) with torch.
     "gguf": ["torch==2.13.0"],
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],
     "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
     "wandb": ["wandb>=0.17"],
-    # experiments/run_summary.py plots a run's curves.
-    "analysis": ["matplotlib>=3.8"],
+    # experiments/run_summary.py plots a run's curves; study_report.py a study's (intervals: scipy).
+    "analysis": ["matplotlib>=3.8", "scipy>=1.14"],
 }
 
 setup(
