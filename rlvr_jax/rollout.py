@@ -34,6 +34,7 @@ from each host's rows.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -91,6 +92,8 @@ class Groups:
     answers: list[list[str | None]]  # [B][G] extracted final answers
     timeouts: int = 0
     crashes: int = 0
+    generation_seconds: float = 0.0  # wall time of sampling.generate (to the host arrays)
+    verification_seconds: float = 0.0  # wall time of decoding and verifying the completions
 
     def select(self, rows: np.ndarray) -> Groups:
         """The groups at ``rows`` (indices into the B prompts)."""
@@ -109,6 +112,8 @@ class Groups:
             **{name: join(name) for name in _ARRAY_FIELDS},
             **{name: chain(name) for name in _LIST_FIELDS},
             timeouts=sum(p.timeouts for p in parts), crashes=sum(p.crashes for p in parts),
+            generation_seconds=sum(p.generation_seconds for p in parts),
+            verification_seconds=sum(p.verification_seconds for p in parts),
         )
 
 
@@ -164,6 +169,7 @@ class Sampler:
         max_new_tokens: int,
         strategy: sampling.SamplingStrategy,
     ) -> Groups:
+        began = time.perf_counter()
         prompt_ids, prompt_selections = self.encode(examples)
         tokens, mask = left_pad(prompt_ids, self.prompt_bucket, self.pad_id)
         generation = sampling.generate(
@@ -174,6 +180,7 @@ class Sampler:
             unstack_layers=self.unstack_layers,
         )
         host = {name: to_host(value) for name, value in generation._asdict().items()}
+        generated = time.perf_counter()
         B, G, _ = host["tokens"].shape
         texts = [
             [self.tokenizer.decode(host["tokens"][b, g][host["mask"][b, g]],
@@ -192,6 +199,8 @@ class Sampler:
             answers=[[self.task.extract_answer(t, example) for t in group]
                      for group, example in zip(texts, examples, strict=True)],
             timeouts=report.timeouts, crashes=report.crashes,
+            generation_seconds=generated - began,
+            verification_seconds=time.perf_counter() - generated,
         )
 
 
@@ -417,6 +426,7 @@ def collect(
     groups, rounds = sample_groups(sampler, stream, params, key, config.rollout)
     tokens = prompt_and_completion_tokens(groups, sampler.prompt_bucket, sampler.pad_id)
     temperature = config.rollout.sampling.temperature  # score what was sampled
+    scoring_began = time.perf_counter()
     policy = logprobs.TokenLogprobs(*map(to_host, logprob_fn(
         params, tokens["tokens"], tokens["attention_mask"], temperature=temperature)))  # [N, T]
     reference_logp = None
@@ -424,10 +434,12 @@ def collect(
         reference_logp = to_host(logprob_fn(
             reference_params, tokens["tokens"], tokens["attention_mask"],
             temperature=temperature).logprobs)
+    scoring_seconds = time.perf_counter() - scoring_began
     rewards = shaped_rewards(groups, config.rollout)
     batch = train_batch(groups, tokens, policy, rewards, config, reference_logp)
     out = rollout_metrics(groups, batch, policy, rewards, rounds, sampler.eos_ids)
     out["prompts_skipped"] = float(rounds.prompts_skipped)
+    out["scoring_seconds"] = scoring_seconds
     if config.rollout.correction != "none":
         out.update(rollout_correction.weight_statistics(  # old_logp is the trainer's here
             batch["old_logp"], groups.sampling_logp.reshape(batch["old_logp"].shape),

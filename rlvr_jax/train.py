@@ -186,10 +186,14 @@ def run(config: Any, workdir: str, *, model_store: models.ModelStore | None = No
                 state, step_metrics = step_fn(state, sharding.place_batch(batch, mesh, rules))
                 step_metrics = {k: float(v) for k, v in step_metrics.items()}
                 seconds = time.perf_counter() - began
-                scalars = {f"train/{k}": v for k, v in stats.items()}
+                scalars = {"time/scoring_seconds": stats.pop("scoring_seconds")}
+                scalars |= {f"train/{k}": v for k, v in stats.items()}
                 scalars |= {f"update/{k}": v for k, v in step_metrics.items()}
                 scalars |= {
                     "time/step_seconds": seconds, "time/rollout_seconds": rollout_seconds,
+                    "time/generation_seconds": groups.generation_seconds,
+                    "time/verification_seconds": groups.verification_seconds,
+                    "time/update_seconds": seconds - rollout_seconds,
                     "time/tokens_per_second": stats["tokens"] / seconds,
                     "update/learning_rate": float(schedule(step)),
                 }
