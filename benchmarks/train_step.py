@@ -176,13 +176,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         compile_s, compiled_flops = compile_step(step, state, batch)
 
     start = time.perf_counter()
-    state, step_metrics = step(state, batch)
+    state, step_metrics, _ = step(state, batch)
     jax.block_until_ready((state, step_metrics))
     first_call_s = time.perf_counter() - start
     if not np.isfinite(float(step_metrics["loss"])):
         raise RuntimeError(f"train step produced a non-finite loss: {step_metrics['loss']}")
     for _ in range(args.warmup):
-        state, step_metrics = step(state, batch)
+        state, step_metrics, _ = step(state, batch)
     jax.block_until_ready(state)
 
     device = jax.devices()[0]
@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cpu_start = time.process_time()
     for _ in range(args.repeats):
         start = time.perf_counter()
-        state, step_metrics = step(state, batch)
+        state, step_metrics, _ = step(state, batch)
         jax.block_until_ready((state, step_metrics))
         times.append(time.perf_counter() - start)
     cores_busy = (time.process_time() - cpu_start) / sum(times)

@@ -23,7 +23,9 @@ section                             keyword arguments of
 
 The other sections (their keys are documented where they are read)::
 
-    seed, total_steps (0: an evaluation-only run, with eval.at_start)
+    seed, total_steps (0: an evaluation-only run, with eval.at_start), compilation_cache
+                (JAX's persistent compilation cache directory, shared by runs: a second run,
+                a resumed run and a study's later runs skip compiling; "": off)
     model:      name (preset, HF directory or .gguf), tokenizer (None: same as name), dtype,
                 param_dtype, remat_policy, cache_dir
     task:       name (``tasks.names()``), options, train_split, eval_split
@@ -111,6 +113,7 @@ def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.total_steps = 100
+    config.compilation_cache = "~/.cache/rlvr_jax/compilation"
     config.model = ml_collections.ConfigDict({
         "name": "smollm2-135m-instruct",
         "tokenizer": placeholder(str),

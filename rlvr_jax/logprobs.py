@@ -169,9 +169,10 @@ def token_logprobs(
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     temperature: float = 1.0,
+    score_from: int = 1,
 ) -> TokenLogprobs:
-    """Scores every token of ``tokens`` ``[B, T]`` under the model at ``temperature``, prompt
-    and response alike.
+    """Scores the tokens of ``tokens`` ``[B, T]`` from position ``score_from`` on (every token
+    by default, prompt and response alike) under the model at ``temperature``.
 
     For an RL batch ``tokens = concat([prompt [B, P] left-padded, response [B, L]], 1)`` with
     ``attention_mask`` 1 on real tokens: ``.split(P)`` gives the prompt-token log-probs
@@ -179,23 +180,30 @@ def token_logprobs(
     follow the models' convention (count of real tokens before), so at the sampling temperature
     the scores equal the KV-cache sampler's ``sampling_logprobs`` and ``sampling_entropy`` of
     an untruncated strategy. The ``[B, T, V]`` logits are never materialised.
+
+    With ``score_from = s > 1`` the output layer runs only on the hidden states that predict
+    tokens ``s .. T - 1`` (``score_from = P`` scores just the response: an RL update needs no
+    prompt scores unless an estimator reads them); positions before ``s`` are returned as 0
+    and masked.
     """
     if tokens.ndim != 2:
         raise ValueError(f"tokens must be [B, T], got shape {tokens.shape}")
     B, T = tokens.shape
-    if T < 2:
-        raise ValueError(f"need at least 2 tokens per row to score one, got T={T}")
+    if not 1 <= score_from < T:
+        raise ValueError(f"score_from={score_from} must be in [1, T) for tokens of length T={T}")
     mask = (
         jnp.ones((B, T), bool) if attention_mask is None else attention_mask.astype(bool)
     )  # [B, T]
     hidden, _ = models.hidden_states(config, params, tokens, attention_mask=mask)  # [B, T, D]
     unembedding = models.unembedding(config, params).astype(config.dtype)  # [D, V]
     logprobs, entropy = chunked_logprobs_and_entropy(
-        hidden[:, :-1], unembedding, tokens[:, 1:], chunk_size=chunk_size, temperature=temperature
-    )  # [B, T - 1] each
-    valid = mask[:, 1:] & mask[:, :-1]  # [B, T - 1]
-    shift = lambda x: jnp.pad(jnp.where(valid, x, 0.0), ((0, 0), (1, 0)))  # noqa: E731
-    return TokenLogprobs(shift(logprobs), shift(entropy), jnp.pad(valid, ((0, 0), (1, 0))))
+        hidden[:, score_from - 1:-1], unembedding, tokens[:, score_from:],
+        chunk_size=chunk_size, temperature=temperature,
+    )  # [B, T - s] each
+    valid = mask[:, score_from:] & mask[:, score_from - 1:-1]  # [B, T - s]
+    shift = lambda x: jnp.pad(jnp.where(valid, x, 0.0), ((0, 0), (score_from, 0)))  # noqa: E731
+    return TokenLogprobs(shift(logprobs), shift(entropy),
+                         jnp.pad(valid, ((0, 0), (score_from, 0))))
 
 
 def make_logprob_fn(

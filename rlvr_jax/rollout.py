@@ -1,8 +1,7 @@
-"""Prompts -> groups of completions -> verified rewards -> advantages -> a training batch.
+"""Prompts -> groups of completions -> verified rewards -> a training batch.
 
-One rollout step, host side around two compiled functions (``sampling.generate`` and
-``logprobs.make_logprob_fn``), both on the training parameters, in pieces that each do one
-thing (:func:`collect` composes them):
+One rollout step, host side around the compiled ``sampling.generate`` on the training
+parameters, in pieces that each do one thing (:func:`collect` composes them):
 
 1. :func:`sample_groups`: ``B`` prompts from a deterministic, resumable :class:`PromptStream`,
    chat-formatted and left-padded (lengths rounded up to ``rollout.prompt_bucket``), ``G``
@@ -14,15 +13,17 @@ thing (:func:`collect` composes them):
    ``rollout.dynamic_sampling`` groups whose rewards are all equal are dropped and new prompts
    drawn (:class:`SamplingRounds` counts them and keeps every group drawn).
 2. :func:`prompt_and_completion_tokens`: the ``[N, P + L]`` token arrays (``N = B * G``).
-3. Log-probs and full-vocabulary entropies of prompt and response tokens under the current
-   policy (and the frozen reference, for the KL term) at the sampling temperature, the
-   distribution the completions were drawn from, fetched to every host.
-4. :func:`shaped_rewards` (DAPO's overlong penalty in tokens) and :func:`train_batch` (old
-   log-probs and the configured advantage estimator), pure NumPy on the host.
-5. :func:`rollout_metrics`: every figure of the rollout, a pure function of the above. The
-   outcome figures (rewards, pass@k, group fractions, answer diversity) describe every group
-   sampled, before DAPO's dynamic-sampling filter; with the filter on, the same figures of the
-   kept groups (the train batch) are logged under ``kept/``.
+3. With the KL term, the frozen reference policy's log-probs (``logprobs.make_logprob_fn``) at
+   the sampling temperature, fetched to every host.
+4. :func:`shaped_rewards` (DAPO's overlong penalty in tokens) and :func:`train_batch`: what the
+   train step needs to score the rollout policy and run the estimator in its own compiled
+   program (``train_step``: old log-probs, estimator statistics, advantages and the update).
+5. :func:`rollout_metrics`: the figures of the rollout that need no policy scores, a pure
+   function of the above; :func:`policy_metrics`: those of the rollout policy's scores the
+   train step returns (entropies, the sampler-vs-trainer gap, advantages). The outcome figures
+   (rewards, pass@k, group fractions, answer diversity) describe every group sampled, before
+   DAPO's dynamic-sampling filter; with the filter on, the same figures of the kept groups (the
+   train batch) are logged under ``kept/``.
 
 The result is the train batch of ``train_step`` (``N = B * G`` rows) and a dict of metrics.
 Multi-host: every process draws the same global prompts and gathers the generations; each
@@ -286,45 +287,34 @@ def shaped_rewards(groups: Groups, rollout: ml_collections.ConfigDict) -> np.nda
 def train_batch(
     groups: Groups,
     tokens: Batch,
-    policy: logprobs.TokenLogprobs,
     rewards: np.ndarray,
     config: ml_collections.ConfigDict,
     reference_logp: np.ndarray | None = None,
 ) -> Batch:
-    """The train batch of ``train_step``: ``tokens`` plus old log-probs and advantages.
+    """The train batch of ``train_step``: ``tokens`` plus what the step needs to score the
+    rollout policy and run ``config.advantage`` itself.
 
-    ``policy`` holds the current policy's host log-probs ``[N, T]`` of ``tokens`` at the
-    sampling temperature; the old log-probs are its response part, or the sampler's log-probs
-    of the same tempered distribution when ``rollout.old_logp_source == "sampler"``.
-    Advantages come from ``config.advantage`` on ``rewards [B, G]``, with the log-prob
-    statistics the estimator needs (``[B, G, L]`` response log-probs and entropies, ``[B, P]``
-    prompt), so ProGRPO's confidences, LENS's ``π̄`` and the entropy-shaped advantage's ``H``
-    are of the tempered policy too; the prompt mask keeps the tokens
-    ``config.advantage.prompt_tokens`` selects. With ``rollout.correction`` the batch also holds
-    ``is_weights [N, L]``, the truncated trainer / sampler importance weights
-    (:mod:`rlvr_jax.rollout_correction`).
+    ``rewards [B, G]`` (shaped) become ``rewards [N]``, rows group-major. The sampler's
+    log-probs of the tempered distribution are the old log-probs (``old_logp``) when
+    ``rollout.old_logp_source == "sampler"``, and the correction's denominator
+    (``sampling_logp``) with ``rollout.correction``; an estimator that reads prompt tokens gets
+    ``prompt_mask [N, P]``, the tokens ``config.advantage.prompt_tokens`` selects
+    (``prompts.prompt_token_mask``); the KL term gets the reference's response log-probs
+    (``reference_logp [N, T]`` -> ``ref_logp [N, L]``).
     """
-    B, G, L = groups.completion_tokens.shape
+    G, L = groups.completion_tokens.shape[1:]
     N, T = tokens["tokens"].shape
     P = T - L
-    old_logp = (policy.logprobs[:, P:] if config.rollout.old_logp_source == "trainer"
-                else groups.sampling_logp.reshape(N, L))  # [N, L]
-    stats = {
-        "logp": old_logp.reshape(B, G, L),
-        "response_mask": tokens["response_mask"].reshape(B, G, L),
-        "prompt_logp": policy.logprobs[::G, :P],  # [B, P]
-        "entropy": policy.entropy[:, P:].reshape(B, G, L),
-    }
-    if "prompt_mask" in advantages.spec(config.advantage.estimator).inputs:
-        stats["prompt_mask"] = policy.mask[::G, :P] & prompt_token_mask(  # [B, P]
-            groups.prompt_ids, groups.prompt_selections, config.advantage.prompt_tokens, P)
-    adv = np.asarray(advantages.compute(config.advantage.estimator, rewards, stats,
-                                        **config.advantage.options), np.float32)
-    batch = {**tokens, "old_logp": old_logp, "advantages": adv.reshape(N, *adv.shape[2:])}
+    batch = {**tokens, "rewards": np.asarray(rewards, np.float32).reshape(N)}
+    sampling_logp = groups.sampling_logp.reshape(N, L).astype(np.float32)
+    if config.rollout.old_logp_source == "sampler":
+        batch["old_logp"] = sampling_logp
     if config.rollout.correction != "none":
-        batch["is_weights"] = rollout_correction.importance_weights(
-            policy.logprobs[:, P:], groups.sampling_logp.reshape(N, L), tokens["response_mask"],
-            level=config.rollout.correction, cap=config.rollout.correction_cap)  # [N, L]
+        batch["sampling_logp"] = sampling_logp
+    if "prompt_mask" in advantages.spec(config.advantage.estimator).inputs:
+        batch["prompt_mask"] = np.repeat(prompt_token_mask(  # [N, P]
+            groups.prompt_ids, groups.prompt_selections, config.advantage.prompt_tokens, P),
+            G, axis=0)
     if reference_logp is not None:
         batch["ref_logp"] = reference_logp[:, P:]
     return batch
@@ -353,35 +343,22 @@ def sampled_and_kept(
 def rollout_metrics(
     groups: Groups,
     batch: Batch,
-    policy: logprobs.TokenLogprobs,
     rewards: np.ndarray,
     rounds: SamplingRounds,
     eos_ids: tuple[int, ...],
 ) -> dict[str, float]:
-    """Figures of one rollout, from the host arrays alone.
+    """Figures of one rollout that need no policy scores, from the host arrays alone.
 
     :func:`outcome_metrics` of every group sampled (before dynamic sampling's filter; those of
     the kept groups under ``kept/`` when it filtered), the mean shaped reward of the train
-    batch (``kept/shaped_reward_mean`` when filtered), response lengths, full-vocabulary
-    ``entropy`` of the current policy (over all response tokens, and split into the tokens of
-    correct and of incorrect responses: ``entropy_correct``, ``entropy_incorrect``, NaN when a
-    batch has no such token) and the sampler's, the sampled-token NLL (named as such),
-    the sampler-vs-trainer log-prob gap, the mean ``|advantage|``, verifier timeouts / crashes,
-    dynamic-sampling rounds (and ``sampled_groups``) and the tokens seen. The trainer's figures
-    are at the sampling temperature, so ``entropy`` matches ``sampling_entropy`` and the gap
-    compares the two old log-probs ``rollout.old_logp_source`` chooses between (what enters the
-    ratio).
+    batch (``kept/shaped_reward_mean`` when filtered), response lengths, the sampler's
+    full-vocabulary entropy, verifier timeouts / crashes, dynamic-sampling rounds (and
+    ``sampled_groups``) and the tokens seen.
     """
     L = groups.completion_tokens.shape[-1]
-    N, T = batch["tokens"].shape
-    P = T - L
+    P = batch["tokens"].shape[1] - L
     valid = batch["response_mask"] > 0  # [N, L]
-    correct = (groups.rewards > 0).reshape(N, 1)  # [N, 1] the verifier's verdict on the row
-    trainer_logp = policy.logprobs[:, P:]  # [N, L]
-    gap = np.abs(groups.sampling_logp.reshape(N, L) - trainer_logp)[valid]
     lengths = groups.completion_mask.sum(-1)  # [B, G]
-    masked_mean = lambda x, m: float(x[m].mean()) if m.any() else 0.0  # noqa: E731
-    mean_or_nan = lambda x, m: float(x[m].mean()) if m.any() else float("nan")  # noqa: E731
     filtered = rounds.sampled is not None
     return {
         **sampled_and_kept(outcome_metrics, groups, rounds),
@@ -390,15 +367,8 @@ def rollout_metrics(
         "response_length_mean": float(lengths.mean()),
         "response_length_max": float(lengths.max()),
         "frac_hit_max_tokens": float(np.mean((lengths == L) & ~_ends_with_eos(groups, eos_ids))),
-        "entropy": masked_mean(policy.entropy[:, P:], valid),
-        "entropy_correct": mean_or_nan(policy.entropy[:, P:], valid & correct),
-        "entropy_incorrect": mean_or_nan(policy.entropy[:, P:], valid & ~correct),
-        "sampling_entropy": masked_mean(groups.sampling_entropy, groups.completion_mask),
-        "sampled_token_nll": masked_mean(-trainer_logp, valid),
-        "truncated_mass": masked_mean(groups.truncated_mass, groups.completion_mask),
-        "sampler_trainer_logp_gap_mean": float(gap.mean()) if gap.size else 0.0,
-        "sampler_trainer_logp_gap_max": float(gap.max()) if gap.size else 0.0,
-        "advantage_abs_mean": float(np.abs(batch["advantages"]).mean()),
+        "sampling_entropy": _masked_mean(groups.sampling_entropy, groups.completion_mask),
+        "truncated_mass": _masked_mean(groups.truncated_mass, groups.completion_mask),
         "verifier_timeouts": float(groups.timeouts),
         "verifier_crashes": float(groups.crashes),
         "sampling_rounds": float(rounds.rounds),
@@ -407,44 +377,82 @@ def rollout_metrics(
     }
 
 
+def _masked_mean(x: np.ndarray, mask: np.ndarray, empty: float = 0.0) -> float:
+    mask = np.asarray(mask, bool)
+    return float(x[mask].mean()) if mask.any() else empty
+
+
+def policy_metrics(
+    groups: Groups,
+    batch: Batch,
+    rollout_policy: Batch,
+    config: ml_collections.ConfigDict,
+) -> dict[str, float]:
+    """Figures of the rollout policy's scores, which the train step computes
+    (``rollout_policy``: host ``logp``, ``entropy`` ``[N, L]``, ``advantages``).
+
+    Full-vocabulary ``entropy`` over all response tokens, and split into the tokens of correct
+    and of incorrect responses (``entropy_correct``, ``entropy_incorrect``; NaN when a batch has
+    no such token), the sampled-token NLL (named as such), the sampler-vs-trainer log-prob gap,
+    the mean ``|advantage|`` and, with ``rollout.correction``, the weights' statistics. The
+    trainer's figures are at the sampling temperature, so ``entropy`` matches
+    ``sampling_entropy`` and the gap compares the two old log-probs ``rollout.old_logp_source``
+    chooses between (what enters the ratio).
+    """
+    valid = batch["response_mask"] > 0  # [N, L]
+    N, L = valid.shape
+    correct = (groups.rewards > 0).reshape(N, 1)  # [N, 1] the verifier's verdict on the row
+    trainer_logp, entropy = rollout_policy["logp"], rollout_policy["entropy"]  # [N, L]
+    sampler_logp = groups.sampling_logp.reshape(N, L)
+    gap = np.abs(sampler_logp - trainer_logp)[valid]
+    out = {
+        "entropy": _masked_mean(entropy, valid),
+        "entropy_correct": _masked_mean(entropy, valid & correct, float("nan")),
+        "entropy_incorrect": _masked_mean(entropy, valid & ~correct, float("nan")),
+        "sampled_token_nll": _masked_mean(-trainer_logp, valid),
+        "sampler_trainer_logp_gap_mean": float(gap.mean()) if gap.size else 0.0,
+        "sampler_trainer_logp_gap_max": float(gap.max()) if gap.size else 0.0,
+        "advantage_abs_mean": float(np.abs(rollout_policy["advantages"]).mean()),
+    }
+    if config.rollout.correction != "none":
+        out.update(rollout_correction.weight_statistics(
+            trainer_logp, sampler_logp, batch["response_mask"], level=config.rollout.correction,
+            cap=config.rollout.correction_cap))
+    return out
+
+
 def collect(
     sampler: Sampler,
     stream: PromptStream,
     params: Any,
     key: jax.Array,
     config: ml_collections.ConfigDict,
-    logprob_fn: Callable[..., logprobs.TokenLogprobs],
+    logprob_fn: Callable[..., logprobs.TokenLogprobs] | None = None,
     reference_params: Any = None,
 ) -> tuple[Batch, dict[str, float], Groups]:
-    """One rollout: the train batch, its metrics, and the groups (for sample logging).
+    """One rollout: the train batch, its metrics (:func:`rollout_metrics`), and the groups
+    (for :func:`policy_metrics` after the step, and sample logging).
 
-    Composes the pieces above around the two compiled functions (``sampler`` and
-    ``logprob_fn``). For a ``mixture`` task the metrics also hold ``reward_mean/<component>``
-    and ``groups/<component>`` (see ``MixtureTask.group_metrics``), of every group sampled
-    and, under dynamic sampling, of the kept ones under ``kept/``.
+    Composes the pieces above around the compiled sampler; ``logprob_fn`` scores the batch
+    under ``reference_params`` when the KL term has a reference (``time``: ``scoring_seconds``).
+    For a ``mixture`` task the metrics also hold ``reward_mean/<component>`` and
+    ``groups/<component>`` (see ``MixtureTask.group_metrics``), of every group sampled and,
+    under dynamic sampling, of the kept ones under ``kept/``.
     """
     groups, rounds = sample_groups(sampler, stream, params, key, config.rollout)
     tokens = prompt_and_completion_tokens(groups, sampler.prompt_bucket, sampler.pad_id)
-    temperature = config.rollout.sampling.temperature  # score what was sampled
     scoring_began = time.perf_counter()
-    policy = logprobs.TokenLogprobs(*map(to_host, logprob_fn(
-        params, tokens["tokens"], tokens["attention_mask"], temperature=temperature)))  # [N, T]
     reference_logp = None
     if reference_params is not None:
         reference_logp = to_host(logprob_fn(
             reference_params, tokens["tokens"], tokens["attention_mask"],
-            temperature=temperature).logprobs)
+            temperature=config.rollout.sampling.temperature).logprobs)  # what was sampled
     scoring_seconds = time.perf_counter() - scoring_began
     rewards = shaped_rewards(groups, config.rollout)
-    batch = train_batch(groups, tokens, policy, rewards, config, reference_logp)
-    out = rollout_metrics(groups, batch, policy, rewards, rounds, sampler.eos_ids)
+    batch = train_batch(groups, tokens, rewards, config, reference_logp)
+    out = rollout_metrics(groups, batch, rewards, rounds, sampler.eos_ids)
     out["prompts_skipped"] = float(rounds.prompts_skipped)
     out["scoring_seconds"] = scoring_seconds
-    if config.rollout.correction != "none":
-        out.update(rollout_correction.weight_statistics(  # old_logp is the trainer's here
-            batch["old_logp"], groups.sampling_logp.reshape(batch["old_logp"].shape),
-            batch["response_mask"], level=config.rollout.correction,
-            cap=config.rollout.correction_cap))
     out.update(sampled_and_kept(lambda g: sampler.task.group_metrics(g.examples, g.rewards),
                                 groups, rounds))
     return batch, out, groups

@@ -27,6 +27,8 @@ sequences at the sequence level).
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 LEVELS: tuple[str, ...] = ("none", "token", "sequence")
@@ -49,25 +51,26 @@ def check_settings(level: str, cap: float, old_logp_source: str) -> None:
             "rollout.old_logp_source='trainer' with the correction, or no correction.")
 
 
-def _raw_log_weights(trainer_logp: np.ndarray, sampler_logp: np.ndarray, mask: np.ndarray,
-                     level: str) -> np.ndarray:
+def _raw_log_weights(trainer_logp: jax.Array, sampler_logp: jax.Array, mask: jax.Array,
+                     level: str) -> jax.Array:
     """Clamped log-weights ``[N, L]`` before the cap (0 on padding)."""
-    valid = np.asarray(mask) > 0
-    log_ratio = np.where(valid, np.asarray(trainer_logp, np.float64)
-                         - np.asarray(sampler_logp, np.float64), 0.0)  # [N, L]
+    valid = jnp.asarray(mask) > 0
+    log_ratio = jnp.where(valid, jnp.asarray(trainer_logp, jnp.float32)
+                          - jnp.asarray(sampler_logp, jnp.float32), 0.0)  # [N, L]
     if level == "sequence":
-        log_ratio = np.broadcast_to(log_ratio.sum(-1, keepdims=True), log_ratio.shape)
-    return np.where(valid, np.clip(log_ratio, -LOG_RATIO_BOUND, LOG_RATIO_BOUND), 0.0)
+        log_ratio = jnp.broadcast_to(log_ratio.sum(-1, keepdims=True), log_ratio.shape)
+    return jnp.where(valid, jnp.clip(log_ratio, -LOG_RATIO_BOUND, LOG_RATIO_BOUND), 0.0)
 
 
-def importance_weights(trainer_logp: np.ndarray, sampler_logp: np.ndarray, mask: np.ndarray,
-                       *, level: str, cap: float) -> np.ndarray:
+def importance_weights(trainer_logp: jax.Array, sampler_logp: jax.Array, mask: jax.Array,
+                       *, level: str, cap: float) -> jax.Array:
     """The truncated weights ``w [N, L]`` (float32, 0 on padding) of ``level`` ("token" or
-    "sequence"); inputs are ``[N, L]`` log-probs of the response tokens and their mask."""
+    "sequence"); inputs are ``[N, L]`` log-probs of the response tokens and their mask. Pure
+    JAX: the train step computes them from the rollout policy's log-probs."""
     if level not in LEVELS[1:]:
         raise ValueError(f"importance_weights: level {level!r}; expected 'token' or 'sequence'")
-    raw = np.exp(_raw_log_weights(trainer_logp, sampler_logp, mask, level))
-    return np.where(np.asarray(mask) > 0, np.minimum(raw, cap), 0.0).astype(np.float32)
+    raw = jnp.exp(_raw_log_weights(trainer_logp, sampler_logp, mask, level))
+    return jnp.where(jnp.asarray(mask) > 0, jnp.minimum(raw, cap), 0.0).astype(jnp.float32)
 
 
 def weight_statistics(trainer_logp: np.ndarray, sampler_logp: np.ndarray, mask: np.ndarray,
@@ -79,7 +82,7 @@ def weight_statistics(trainer_logp: np.ndarray, sampler_logp: np.ndarray, mask: 
     if not valid.any():
         return {"correction_weight_mean": 0.0, "correction_weight_max": 0.0,
                 "correction_frac_capped": 0.0}
-    raw = np.exp(_raw_log_weights(trainer_logp, sampler_logp, mask, level))  # [N, L]
+    raw = np.exp(np.asarray(_raw_log_weights(trainer_logp, sampler_logp, mask, level)))
     if level == "sequence":  # every valid token of a row holds the row's weight
         capped = np.max(raw, axis=-1, where=valid, initial=0.0)[valid.any(-1)] > cap
     else:

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from rlvr_jax import (
     checkpoint,
+    compile_events,
     evaluation,
     logprobs,
     metric_writer,
@@ -77,6 +78,14 @@ def held_out_report(eval_examples: list[dict[str, Any]], task: tasks.Task,
     return report
 
 
+def use_compilation_cache(directory: str) -> None:
+    """Turns on JAX's persistent compilation cache in ``directory`` (``~`` expanded), unless it
+    is empty or the process chose a cache already (a study's, ``JAX_COMPILATION_CACHE_DIR``):
+    compiled programs are then read from disk instead of compiled again."""
+    if directory and jax.config.jax_compilation_cache_dir is None:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+
+
 def run(config: Any, workdir: str, *, model_store: models.ModelStore | None = None,
         progress: tqdm | None = None) -> dict[str, float]:
     """Trains with ``config`` in ``workdir`` (resuming if it holds a checkpoint).
@@ -87,6 +96,7 @@ def run(config: Any, workdir: str, *, model_store: models.ModelStore | None = No
     the final evaluation.
     """
     config_lib.validate(config)
+    use_compilation_cache(config.compilation_cache)
     tx, schedule = optimizer_lib.make_optimizer(
         optimizer_lib.updates_per_rl_step(config.batching), **config.optim)
     sharding.initialize_distributed()
@@ -121,8 +131,10 @@ def run(config: Any, workdir: str, *, model_store: models.ModelStore | None = No
         reference = jax.tree.map(jnp.copy, state.params)  # frozen: never donated
     del params
     step_fn = train_step_lib.make_train_step(config, model_config, tx, mesh, rules, shardings)
-    logprob_fn = logprobs.make_logprob_fn(model_config, mesh, rules, shardings.params,
-                                          chunk_size=config.batching.logprob_chunk_size)
+    reference_fn = None
+    if reference is not None:
+        reference_fn = logprobs.make_logprob_fn(model_config, mesh, rules, shardings.params,
+                                                chunk_size=config.batching.logprob_chunk_size)
     sampler = rollout.Sampler(
         model_config, tokenizer, task, max_prompt_len=config.rollout.max_prompt_len,
         prompt_bucket=config.rollout.prompt_bucket, length_bucket=config.rollout.length_bucket,
@@ -156,10 +168,15 @@ def run(config: Any, workdir: str, *, model_store: models.ModelStore | None = No
     plain_config = config.to_dict()  # written with every checkpoint and to config.json
     ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
     last: dict[str, float] = {}
-    with workdir_guard.exclusive(workdir), checkpoint.Checkpointer(
-        ckpt_dir, save_every_steps=config.checkpoint.save_every_steps,
-        keep_last=config.checkpoint.keep_last, async_save=config.checkpoint.async_save,
-    ) as ckpt, checkpoint.PreemptionGuard(ckpt) as guard:
+    with (
+        compile_events.CompileCounter() as compiles,
+        workdir_guard.exclusive(workdir),
+        checkpoint.Checkpointer(
+            ckpt_dir, save_every_steps=config.checkpoint.save_every_steps,
+            keep_last=config.checkpoint.keep_last, async_save=config.checkpoint.async_save,
+        ) as ckpt,
+        checkpoint.PreemptionGuard(ckpt) as guard,
+    ):
         start = 0
         if ckpt.latest_step() is not None:
             restored = ckpt.restore(jax.eval_shape(lambda: state), shardings,
@@ -181,10 +198,14 @@ def run(config: Any, workdir: str, *, model_store: models.ModelStore | None = No
                 began = time.perf_counter()
                 batch, stats, groups = rollout.collect(
                     sampler, stream, state.params, jax.random.fold_in(rollout_key, step),
-                    config, logprob_fn, reference)
+                    config, reference_fn, reference)
                 rollout_seconds = time.perf_counter() - began
-                state, step_metrics = step_fn(state, sharding.place_batch(batch, mesh, rules))
+                state, step_metrics, rollout_policy = step_fn(
+                    state, sharding.place_batch(batch, mesh, rules))
                 step_metrics = {k: float(v) for k, v in step_metrics.items()}
+                stats |= rollout.policy_metrics(
+                    groups, batch, {k: rollout.to_host(v) for k, v in rollout_policy.items()},
+                    config)
                 seconds = time.perf_counter() - began
                 scalars = {"time/scoring_seconds": stats.pop("scoring_seconds")}
                 scalars |= {f"train/{k}": v for k, v in stats.items()}
@@ -194,6 +215,7 @@ def run(config: Any, workdir: str, *, model_store: models.ModelStore | None = No
                     "time/generation_seconds": groups.generation_seconds,
                     "time/verification_seconds": groups.verification_seconds,
                     "time/update_seconds": seconds - rollout_seconds,
+                    **{f"time/{k}": v for k, v in compiles.figures().items()},
                     "time/tokens_per_second": stats["tokens"] / seconds,
                     "update/learning_rate": float(schedule(step)),
                 }

@@ -1,5 +1,5 @@
 """The rollout's pieces on hand-built groups (token layout, dynamic sampling, overlong shaping,
-old log-probs and advantages, metrics), the sampling settings training refuses, one toy step
+the train batch, metrics), the sampling settings training refuses, one toy step
 scored at the sampling temperature, and the whole RL loop on 2 processes x 4 devices against
 1 process x 8."""
 
@@ -18,10 +18,9 @@ import pytest
 import toy
 from processes import run_processes
 
-from rlvr_jax import advantages, recipes, rollout, rollout_correction, train
 from rlvr_jax import config as config_lib
+from rlvr_jax import recipes, rollout, rollout_correction, train
 from rlvr_jax.config import base_config
-from rlvr_jax.logprobs import TokenLogprobs
 from rlvr_jax.prompt_stream import usable_examples
 from rlvr_jax.tasks.prompts import BOXED_INSTRUCTION, prompt_token_mask
 
@@ -163,14 +162,7 @@ def test_outcome_metrics_describe_every_sampled_group_and_the_kept_ones_apart():
     sampler = FakeSampler()
     sampler.prompt_bucket, sampler.pad_id, sampler.eos_ids = 2, 0, (EOS,)
     sampler.task = CountingTask()
-
-    def logprob_fn(params, tokens, attention_mask, *, temperature):
-        rng = np.random.default_rng(0)
-        logp = -np.abs(rng.normal(size=tokens.shape)).astype(np.float32)
-        return TokenLogprobs(logp, np.abs(logp), np.asarray(attention_mask, bool))
-
-    _, out, groups = rollout.collect(sampler, FakeStream(), None, jax.random.key(0),
-                                     config, logprob_fn)
+    _, out, groups = rollout.collect(sampler, FakeStream(), None, jax.random.key(0), config)
     np.testing.assert_array_equal(groups.rewards, [[1, 0], [1, 0]])
     expected = {
         "reward_mean": 0.75, "kept/reward_mean": 0.5,
@@ -186,38 +178,36 @@ def test_outcome_metrics_describe_every_sampled_group_and_the_kept_ones_apart():
     assert {key: out[key] for key in expected} == expected
     assert "shaped_reward_mean" not in out  # shaped rewards exist for the train batch only
     config.rollout.dynamic_sampling = False  # nothing filtered: nothing to tell apart
-    _, out, _ = rollout.collect(sampler, FakeStream(), None, jax.random.key(0), config,
-                                logprob_fn)
+    _, out, _ = rollout.collect(sampler, FakeStream(), None, jax.random.key(0), config)
     assert not any(key.startswith("kept/") for key in out) and "sampled_groups" not in out
     assert (out["reward_mean"], out["shaped_reward_mean"], out["groups/all"]) == (0.75, 0.75, 2)
 
 
-def policy_for(groups, P=2, seed=1) -> TokenLogprobs:
-    """Host log-probs ``[N, P + L]`` as the log-prob function returns them."""
+def policy_for(groups, seed=1) -> dict[str, np.ndarray]:
+    """Host rollout-policy arrays as the train step returns them: response log-probs and
+    entropies ``[N, L]`` and advantages ``[N]``."""
     B, G, L = groups.completion_tokens.shape
     rng = np.random.default_rng(seed)
-    logp = -np.abs(rng.normal(size=(B * G, P + L))).astype(np.float32)
-    mask = np.ones((B * G, P + L), bool)
-    mask[:, 0] = False
-    return TokenLogprobs(np.where(mask, logp, 0), np.abs(logp) + 1, mask)
+    logp = -np.abs(rng.normal(size=(B * G, L))).astype(np.float32)
+    return {"logp": logp, "entropy": np.abs(logp) + 1,
+            "advantages": rng.normal(size=B * G).astype(np.float32)}
 
 
 @pytest.mark.parametrize("source", ["trainer", "sampler"])
-def test_train_batch_takes_old_logprobs_and_grpo_advantages(source):
+def test_train_batch_holds_rewards_and_the_old_logprobs_of_the_sampler_source(source):
     config = base_config()
     config.rollout.old_logp_source = source
     groups = make_groups([[1, 0, 0], [1, 1, 0]], [[4, 2, 1], [3, 4, 4]])
     tokens = rollout.prompt_and_completion_tokens(groups, bucket=2, pad_id=0)
-    policy = policy_for(groups)
-    reference = policy.logprobs - 0.25
-    batch = rollout.train_batch(groups, tokens, policy, groups.rewards, config, reference)
-    expected_old = (policy.logprobs[:, 2:] if source == "trainer"
-                    else groups.sampling_logp.reshape(6, 4))
-    np.testing.assert_array_equal(batch["old_logp"], expected_old)
-    np.testing.assert_array_equal(batch["ref_logp"], policy.logprobs[:, 2:] - 0.25)
-    r = groups.rewards.astype(np.float64)
-    grpo = (r - r.mean(1, keepdims=True)) / (r.std(1, ddof=1, keepdims=True) + 1e-6)
-    np.testing.assert_allclose(batch["advantages"], grpo.reshape(6), rtol=1e-5)
+    reference = np.random.default_rng(2).normal(size=(6, 6)).astype(np.float32)
+    batch = rollout.train_batch(groups, tokens, groups.rewards - 0.5, config, reference)
+    np.testing.assert_array_equal(batch["rewards"], [0.5, -0.5, -0.5, 0.5, 0.5, -0.5])
+    np.testing.assert_array_equal(batch["ref_logp"], reference[:, 2:])
+    if source == "sampler":  # the step takes them as the old policy
+        np.testing.assert_array_equal(batch["old_logp"], groups.sampling_logp.reshape(6, 4))
+    else:  # the step scores the old policy itself
+        assert "old_logp" not in batch
+    assert "sampling_logp" not in batch and "prompt_mask" not in batch
 
 
 @pytest.mark.parametrize("selection, counted", [
@@ -230,57 +220,35 @@ def test_train_batch_gives_progrpo_the_selected_prompt_tokens_of_each_group(sele
     config.advantage.prompt_tokens = selection
     groups = make_groups([[1, 0], [0, 1]], [[4, 2], [3, 4]], prompt_ids=[[5, 6, 7], [8, 9]])
     tokens = rollout.prompt_and_completion_tokens(groups, bucket=4, pad_id=0)
-    policy = policy_for(groups, P=4)
-    policy.mask[2:, 1] = False  # the second prompt's padding
-    batch = rollout.train_batch(groups, tokens, policy, groups.rewards, config)
-    expected = advantages.progrpo(
-        groups.rewards, logp=policy.logprobs[:, 4:].reshape(2, 2, 4),
-        response_mask=groups.completion_mask.astype(np.float32),
-        prompt_logp=policy.logprobs[[0, 2], :4], prompt_mask=np.asarray(counted, bool))
-    np.testing.assert_allclose(batch["advantages"], np.asarray(expected).reshape(4), rtol=1e-6)
+    batch = rollout.train_batch(groups, tokens, groups.rewards, config)
+    np.testing.assert_array_equal(batch["prompt_mask"], np.repeat(counted, 2, axis=0))
 
 
-def test_train_batch_adds_correction_weights_and_gives_the_entropies_to_an_estimator():
-    """Token weights min(exp(trainer - sampler), 2) on valid tokens; the entropy-shaped
-    advantage A + min(0.4 H, |A| / 2) with the current policy's response entropies H."""
-    config = recipes.apply_variant(base_config(), "entropy_advantage")
+def test_train_batch_gives_the_correction_the_sampler_logprobs():
+    config = base_config()
     config.rollout.correction = "token"
     groups = make_groups([[1, 0, 0], [1, 1, 0]], [[4, 2, 1], [3, 4, 4]])
     tokens = rollout.prompt_and_completion_tokens(groups, bucket=2, pad_id=0)
-    policy = policy_for(groups)
-    batch = rollout.train_batch(groups, tokens, policy, groups.rewards, config)
-    mask = tokens["response_mask"] > 0  # [6, 4]
-    ratio = np.exp(policy.logprobs[:, 2:].astype(np.float64) - groups.sampling_logp.reshape(6, 4))
-    np.testing.assert_allclose(batch["is_weights"], np.where(mask, np.minimum(ratio, 2.0), 0),
-                               rtol=1e-5)
-    r = groups.rewards.astype(np.float64)
-    grpo = ((r - r.mean(1, keepdims=True)) / (r.std(1, ddof=1, keepdims=True) + 1e-6)).reshape(6)
-    bonus = np.minimum(0.4 * policy.entropy[:, 2:], np.abs(grpo)[:, None] / 2)
-    np.testing.assert_allclose(batch["advantages"], np.where(mask, grpo[:, None] + bonus, 0),
-                               rtol=1e-5, atol=1e-7)
-    config.rollout.correction = "none"
-    assert "is_weights" not in rollout.train_batch(groups, tokens, policy, groups.rewards, config)
+    batch = rollout.train_batch(groups, tokens, groups.rewards, config)
+    np.testing.assert_array_equal(batch["sampling_logp"], groups.sampling_logp.reshape(6, 4))
+    assert "old_logp" not in batch  # the trainer's, scored by the step
 
 
-def test_collect_logs_the_correction_weights():
+def test_policy_metrics_log_the_correction_weights_of_the_trainer_logprobs():
     config = base_config()
-    config.rollout.prompts_per_step, config.rollout.group_size = 2, 2
     config.rollout.correction = "sequence"
-    sampler = FakeSampler()
-    sampler.prompt_bucket, sampler.pad_id, sampler.eos_ids = 2, 0, (EOS,)
-    sampler.task = CountingTask()
-
-    def logprob_fn(params, tokens, attention_mask, *, temperature):
-        logp = -np.abs(np.random.default_rng(0).normal(size=tokens.shape)).astype(np.float32)
-        return TokenLogprobs(logp, np.abs(logp), np.asarray(attention_mask, bool))
-
-    batch, out, groups = rollout.collect(sampler, FakeStream(), None, jax.random.key(0), config,
-                                         logprob_fn)
+    groups = make_groups([[1, 0], [0, 0]], [[4, 2], [1, 4]])
+    tokens = rollout.prompt_and_completion_tokens(groups, bucket=2, pad_id=0)
+    batch = rollout.train_batch(groups, tokens, groups.rewards, config)
+    policy = policy_for(groups)
+    out = rollout.policy_metrics(groups, batch, policy, config)
     expected = rollout_correction.weight_statistics(
-        batch["old_logp"], groups.sampling_logp.reshape(4, -1), batch["response_mask"],
+        policy["logp"], groups.sampling_logp.reshape(4, -1), batch["response_mask"],
         level="sequence", cap=2.0)
+    assert expected["correction_weight_max"] > 0
     assert {key: out[key] for key in expected} == expected
-    assert expected["correction_weight_max"] > 0 and batch["is_weights"].shape == (4, 4)
+    config.rollout.correction = "none"
+    assert "correction_weight_max" not in rollout.policy_metrics(groups, batch, policy, config)
 
 
 def test_prompt_selection_without_tokenizer_offsets_is_a_clear_error():
@@ -288,13 +256,12 @@ def test_prompt_selection_without_tokenizer_offsets_is_a_clear_error():
     groups = make_groups([[1, 0]], [[4, 2]])
     groups.prompt_selections = [{}]  # what a tokenizer without offsets gives
     tokens = rollout.prompt_and_completion_tokens(groups, bucket=2, pad_id=0)
-    policy = policy_for(groups)
     with pytest.raises(ValueError, match=r"prompt_tokens='question' needs the tokenizer's "
                                          r"character offsets.*'templated_prompt'"):
-        rollout.train_batch(groups, tokens, policy, groups.rewards, config)
+        rollout.train_batch(groups, tokens, groups.rewards, config)
     config.advantage.prompt_tokens = "templated_prompt"
-    rollout.train_batch(groups, tokens, policy, groups.rewards, config)
-    rollout.train_batch(groups, tokens, policy, groups.rewards, base_config())  # grpo: unused
+    rollout.train_batch(groups, tokens, groups.rewards, config)
+    rollout.train_batch(groups, tokens, groups.rewards, base_config())  # grpo: unused
 
 
 @pytest.fixture(scope="module")
@@ -329,47 +296,48 @@ def test_sampler_prompts_select_the_question_the_user_message_or_everything(smol
         assert text == expected
 
 
-def test_rollout_metrics_by_hand():
+def test_rollout_and_policy_metrics_by_hand():
     config = base_config()
     groups = make_groups([[1, 0], [0, 0]], [[4, 2], [1, 4]])
     groups.completion_tokens[1, 1, 3] = EOS  # ends at the limit with EOS: not cut off
     tokens = rollout.prompt_and_completion_tokens(groups, bucket=2, pad_id=0)
-    policy = policy_for(groups)
-    batch = rollout.train_batch(groups, tokens, policy, groups.rewards, config)
+    batch = rollout.train_batch(groups, tokens, groups.rewards - 0.5, config)
     rounds = rollout.SamplingRounds(rounds=3, mixed_groups_kept=1)
-    out = rollout.rollout_metrics(groups, batch, policy, groups.rewards - 0.5, rounds, (EOS,))
-    valid = groups.completion_mask.reshape(4, 4)
-    gap = np.abs(groups.sampling_logp.reshape(4, 4) - policy.logprobs[:, 2:])[valid]
+    out = rollout.rollout_metrics(groups, batch, groups.rewards - 0.5, rounds, (EOS,))
     assert out["reward_mean"] == 0.25 and out["shaped_reward_mean"] == -0.25
     assert out["frac_hit_max_tokens"] == 0.25  # only row (0, 0): 4 tokens, no EOS
     assert out["response_length_mean"] == 2.75 and out["response_length_max"] == 4
-    np.testing.assert_allclose(out["entropy"], policy.entropy[:, 2:][valid].mean(), rtol=1e-6)
-    np.testing.assert_allclose(out["sampled_token_nll"], -policy.logprobs[:, 2:][valid].mean(),
-                               rtol=1e-6)
-    np.testing.assert_allclose(out["sampler_trainer_logp_gap_mean"], gap.mean(), rtol=1e-6)
-    np.testing.assert_allclose(out["sampler_trainer_logp_gap_max"], gap.max(), rtol=1e-6)
     assert out["tokens"] == 11 + 2 * 4  # response tokens + real prompt tokens
     assert (out["sampling_rounds"], out["mixed_groups_kept"]) == (3, 1)
     assert out["frac_all_wrong"] == 0.5 and out["pass@2"] == 0.5
+    policy = policy_for(groups)
+    out = rollout.policy_metrics(groups, batch, policy, config)
+    valid = groups.completion_mask.reshape(4, 4)
+    gap = np.abs(groups.sampling_logp.reshape(4, 4) - policy["logp"])[valid]
+    np.testing.assert_allclose(out["entropy"], policy["entropy"][valid].mean(), rtol=1e-6)
+    np.testing.assert_allclose(out["sampled_token_nll"], -policy["logp"][valid].mean(),
+                               rtol=1e-6)
+    np.testing.assert_allclose(out["sampler_trainer_logp_gap_mean"], gap.mean(), rtol=1e-6)
+    np.testing.assert_allclose(out["sampler_trainer_logp_gap_max"], gap.max(), rtol=1e-6)
+    np.testing.assert_allclose(out["advantage_abs_mean"], np.abs(policy["advantages"]).mean(),
+                               rtol=1e-6)
 
 
 def test_entropy_split_by_correctness_on_a_hand_built_batch():
     config = base_config()
     groups = make_groups([[1, 0], [0, 0]], [[4, 2], [1, 4]])  # rows: correct, then 3 wrong
     tokens = rollout.prompt_and_completion_tokens(groups, bucket=2, pad_id=0)
-    policy = policy_for(groups)
     row_entropy = np.array([1.0, 2.0, 3.0, 5.0], np.float32)  # the same at every position
-    entropy = np.broadcast_to(row_entropy[:, None], policy.entropy.shape).copy()
-    entropy[:, 2:][~groups.completion_mask.reshape(4, 4)] = 100.0  # padding: never counted
-    policy = TokenLogprobs(policy.logprobs, entropy, policy.mask)
-    batch = rollout.train_batch(groups, tokens, policy, groups.rewards, config)
-    rounds = rollout.SamplingRounds(rounds=1, mixed_groups_kept=1)
-    out = rollout.rollout_metrics(groups, batch, policy, groups.rewards, rounds, (EOS,))
+    entropy = np.broadcast_to(row_entropy[:, None], (4, 4)).copy()
+    entropy[~groups.completion_mask.reshape(4, 4)] = 100.0  # padding: never counted
+    policy = {**policy_for(groups), "entropy": entropy}
+    batch = rollout.train_batch(groups, tokens, groups.rewards, config)
+    out = rollout.policy_metrics(groups, batch, policy, config)
     assert out["entropy_correct"] == pytest.approx(1.0)  # row 0's 4 tokens
     assert out["entropy_incorrect"] == pytest.approx((2 * 2 + 3 * 1 + 5 * 4) / 7)
     assert out["entropy"] == pytest.approx((1 * 4 + 2 * 2 + 3 * 1 + 5 * 4) / 11)
     wrong = dataclasses.replace(groups, rewards=np.zeros_like(groups.rewards))
-    out = rollout.rollout_metrics(wrong, batch, policy, wrong.rewards, rounds, (EOS,))
+    out = rollout.policy_metrics(wrong, batch, policy, config)
     assert np.isnan(out["entropy_correct"])  # no correct response: undefined, not 0
     assert out["entropy_incorrect"] == pytest.approx(out["entropy"])
 

@@ -19,7 +19,6 @@ import toy
 
 from rlvr_jax import config as config_lib
 from rlvr_jax import (
-    logprobs,
     models,
     optimizer,
     recipes,
@@ -68,9 +67,14 @@ def checkpoint_steps(workdir):
 
 @pytest.mark.slow
 def test_cli_runs_logs_checkpoints_and_resumes(tmp_path, model_dir):
-    workdir = str(tmp_path / "run")
-    first = cli(workdir, model_dir)
+    workdir, cache = str(tmp_path / "run"), tmp_path / "compiled"
+    first = cli(workdir, model_dir, f"--config.compilation_cache={cache}")
     assert first.returncode == 0, first.stderr[-3000:]
+    train_steps = sorted(p.name for p in cache.iterdir() if "train_step" in p.name)
+    assert len(train_steps) == 1  # the compiled update, on disk for the next run
+    programs = [row["time/compiled_programs"] for row in read_metrics(workdir)
+                if "train/reward_mean" in row]
+    assert programs[0] > 0 and programs == [programs[0]] * 3  # nothing compiled after step 1
     assert logged_steps(workdir) == [1, 2, 3]
     assert checkpoint_steps(workdir) == [2, 3]
     assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
@@ -93,8 +97,12 @@ def test_cli_runs_logs_checkpoints_and_resumes(tmp_path, model_dir):
 
     # Resumed with the scanned-layers decode loop (rollout.unstack_decode_layers off).
     second = cli(workdir, model_dir, "--config.total_steps=5",
-                 "--config.rollout.unstack_decode_layers=False")
+                 "--config.rollout.unstack_decode_layers=False",
+                 f"--config.compilation_cache={cache}")
     assert second.returncode == 0, second.stderr[-3000:]
+    # The resumed run read the update from the cache (the other decode loop is new there).
+    assert sorted(p.name for p in cache.iterdir() if "train_step" in p.name) == train_steps
+    assert read_metrics(workdir)[-1]["time/compilation_cache_hits"] > 0
     assert logged_steps(workdir) == [1, 2, 3, 4, 5]  # continued at step 4, no duplicates
     assert checkpoint_steps(workdir)[-1] == 5
     resumed = [row for row in read_metrics(workdir) if "train/reward_mean" in row][3]
@@ -301,9 +309,9 @@ BASELINE_VARIANTS = [  # (variant, rollout.correction): every new estimator and 
 @pytest.mark.slow
 def test_baseline_variants_run_end_to_end_on_one_model(model_dir):
     """One RL step of every new variant, cycling through them on one toy model, sampler and
-    train state (the estimators share the compiled update; each loss compiles its own): the
-    rollout (sampling, verification, log-probs and entropies, the estimator, correction
-    weights) and the update give finite figures, and the correction weights are ~1 because the
+    train state (each variant compiles its own update: the estimator runs inside it): the
+    rollout (sampling, verification) and the update (log-probs and entropies, the estimator,
+    correction weights) give finite figures, and the correction weights are ~1 because the
     sampler and the trainer score the tokens alike."""
     toy.register()
     config = toy.toy_config(model_dir)
@@ -313,25 +321,21 @@ def test_baseline_variants_run_end_to_end_on_one_model(model_dir):
     tx, _ = optimizer.make_optimizer(**config.optim)
     state, shardings = train_step.create_train_state(model_config, tx, jax.random.key(0), mesh,
                                                      rules, params=params)
-    logprob_fn = logprobs.make_logprob_fn(model_config, mesh, rules, shardings.params,
-                                          chunk_size=config.batching.logprob_chunk_size)
     task = tasks.get(config.task.name)
     sampler = rollout.Sampler(model_config, tokenizer, task, max_prompt_len=16, prompt_bucket=8,
                               length_bucket=4, eos_ids=(tokenizer.eos_token_id,),
                               pad_id=tokenizer.pad_token_id, unstack_layers=True)
     stream = rollout.PromptStream(task, "train", seed=0)
-    steps: dict[str, object] = {}
     for i, (variant, correction) in enumerate(BASELINE_VARIANTS):
         config = recipes.apply_variant(toy.toy_config(model_dir), variant)
         config.rollout.correction = correction
         config_lib.validate(config)
-        if config.loss.objective not in steps:
-            steps[config.loss.objective] = train_step.make_train_step(
-                config, model_config, tx, mesh, rules, shardings)
-        batch, figures, _ = rollout.collect(sampler, stream, state.params, jax.random.key(i),
-                                            config, logprob_fn)
-        state, update = steps[config.loss.objective](
-            state, sharding.place_batch(batch, mesh, rules))
+        step = train_step.make_train_step(config, model_config, tx, mesh, rules, shardings)
+        batch, figures, groups = rollout.collect(sampler, stream, state.params,
+                                                 jax.random.key(i), config)
+        state, update, rollout_policy = step(state, sharding.place_batch(batch, mesh, rules))
+        figures |= rollout.policy_metrics(
+            groups, batch, {k: np.asarray(v) for k, v in rollout_policy.items()}, config)
         figures |= {f"update/{k}": float(v) for k, v in update.items()}
         assert all(np.isfinite(v) for v in figures.values()), (variant, figures)
         assert abs(figures["correction_weight_mean"] - 1) < 1e-3, (variant, figures)

@@ -82,7 +82,7 @@ def test_sgd_update_equals_naive_gradient(temperature):
     batch = make_batch()
     loss = lambda params: naive_loss(params, batch, temperature=temperature)  # noqa: E731
     grads = jax.grad(loss)(params0)
-    new_state, metrics = step(state, batch)
+    new_state, metrics, _ = step(state, batch)
     expected = jax.tree.map(lambda p, g: p - g, params0, grads)
     assert tree_max_diff(new_state.params, expected) < 1e-5
     np.testing.assert_allclose(metrics["loss"], loss(params0), rtol=1e-5)
@@ -110,12 +110,12 @@ def test_expected_gradient_of_a_constant_advantage_is_zero_at_the_sampling_tempe
     batch = {"tokens": tokens, "attention_mask": np.ones((V, P + 1), bool),
              "response_mask": np.ones((V, 1), np.float32), "old_logp": logp[:, None]}
     # token_mean over V rows: advantage V·π_T(y)·A makes the loss the expectation; A = 1.
-    _, metrics = step(state, {**batch, "advantages": (V * probs).astype(np.float32)})
+    _, metrics, _ = step(state, {**batch, "advantages": (V * probs).astype(np.float32)})
     assert abs(float(metrics["ratio_max"]) - 1) < 1e-4
     assert abs(float(metrics["ratio_min"]) - 1) < 1e-4
     state, step, _ = setup(overrides, params=params)
     one_token = np.where(np.arange(V) == np.argmax(probs), float(V), 0.0).astype(np.float32)
-    _, reference = step(state, {**batch, "advantages": one_token})  # the scale of one sample
+    _, reference, _ = step(state, {**batch, "advantages": one_token})  # the scale of one sample
     assert float(metrics["grad_norm"]) < 1e-4 * float(reference["grad_norm"])
 
 
@@ -126,7 +126,7 @@ def test_micro_batch_count_does_not_change_the_update():
         config = {"batching.micro_batches": micro, "loss.aggregation": "seq_mean_token_mean",
                   "loss.clip_high": 0.28}
         state, step, _ = setup(config)  # SGD with lr 1: the update is the gradient itself
-        new_state, metrics = step(state, batch)
+        new_state, metrics, _ = step(state, batch)
         results.append((jax.tree.map(np.asarray, new_state.params), float(metrics["loss"])))
     for params, loss in results[1:]:
         assert tree_max_diff(params, results[0][0]) < 1e-6
@@ -158,7 +158,7 @@ def test_micro_batch_count_does_not_change_the_update_of_any_objective(objective
     for micro in (1, 2, 4):
         config = run_config({**settings, "batching.micro_batches": micro})
         step = ts.make_train_step(config, CONFIG, tx, mesh, rules, shardings)
-        new_state, metrics = step(jax.tree.map(jnp.copy, state), batch)  # the step donates it
+        new_state, metrics, _ = step(jax.tree.map(jnp.copy, state), batch)  # the step donates it
         results.append((jax.tree.map(np.asarray, new_state.params), metrics))
     assert tree_max_diff(results[0][0], params0) > 1e-4  # the objective has a gradient
     for params, metrics in results[1:]:
@@ -174,7 +174,7 @@ def test_micro_batch_count_does_not_change_the_update_of_any_objective(objective
 def test_ppo_epochs_and_mini_batches_count_optimizer_updates():
     config = {"batching.mini_batches": 2, "batching.epochs": 3, "batching.micro_batches": 2}
     state, step, _ = setup(config, {"name": "adamw", "learning_rate": 1e-3})
-    new_state, metrics = step(state, make_batch(2))
+    new_state, metrics, _ = step(state, make_batch(2))
     counts = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(new_state.opt_state)
               if "count" in jax.tree_util.keystr(path)]
     assert counts and all(int(c) == 6 for c in counts)
@@ -197,7 +197,7 @@ def test_training_raises_logprob_of_positively_rewarded_completions():
     batch["old_logp"] = np.asarray(logprob_fn(state.params, batch["tokens"],
                                           batch["attention_mask"], temperature=1.0).logprobs)[:, P:]
     for _ in range(4):
-        state, _ = step(state, batch)
+        state, _, _ = step(state, batch)
     after = response_logp(state.params)
     assert after > before + 5.0, (before, after)
 
@@ -209,13 +209,13 @@ def test_resume_from_checkpoint_is_bitwise_identical(tmp_path):
 
     state, step, _ = setup(config, optim_config)
     for batch in batches:
-        state, _ = step(state, batch)
+        state, _, _ = step(state, batch)
     uninterrupted = jax.tree.map(np.asarray, state)
 
     state, step, (*_, shardings) = setup(config, optim_config)
     with checkpoint.Checkpointer(str(tmp_path)) as ckpt:
         for batch in batches[:2]:
-            state, _ = step(state, batch)
+            state, _, _ = step(state, batch)
         ckpt.save(2, state, {"data_position": 2}, force=True)
     abstract = jax.eval_shape(lambda: state)
     with checkpoint.Checkpointer(str(tmp_path)) as ckpt:
@@ -223,7 +223,7 @@ def test_resume_from_checkpoint_is_bitwise_identical(tmp_path):
     assert restored.step == 2 and restored.host_state["data_position"] == 2
     state = restored.state
     for batch in batches[2:]:
-        state, _ = step(state, batch)
+        state, _, _ = step(state, batch)
     resumed = jax.tree.map(np.asarray, state)
     for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(uninterrupted), strict=True):
         np.testing.assert_array_equal(a, b)

@@ -88,6 +88,7 @@ def toy_config(model_dir: str):
 
     config = base_config()
     config.total_steps = 3
+    config.compilation_cache = ""  # tests compile afresh (one test turns it on)
     config.model.name = model_dir
     config.task.name = "toy_first_letter"
     config.rollout.prompts_per_step = 4

@@ -49,7 +49,7 @@ def run(mesh_config: dict) -> dict:
     config.batching.micro_batches = 2
     step = ts.make_train_step(config, CONFIG, tx, mesh, rules, shardings)
     batch = jax.device_put(make_batch(), sharding.batch_sharding(mesh, rules))
-    state, metrics = step(state, batch)
+    state, metrics, _ = step(state, batch)
     params = jax.tree.map(np.asarray, state.params)
     return {"params": params, "loss": float(metrics["loss"]),
             "grad_norm": float(metrics["grad_norm"]),
