@@ -6,15 +6,15 @@ Parts (full mode, sized for one H100 / H200; results in ``--out-dir``):
 ==============  ======  ====================================================================
 part            budget  runs
 ==============  ======  ====================================================================
-decode-0.5b     90 s    ``decode_roofline`` on Qwen2.5-0.5B-shaped bf16 random weights,
+decode-0.5b     105 s   ``decode_roofline`` on Qwen2.5-0.5B-shaped bf16 random weights,
                         batches 1, 8, 64, 256, prompt 128, 256 new tokens (target: >= 70 %
                         of the HBM roofline at batch 64)
-decode-1.5b     100 s   the same on Qwen2.5-1.5B (rows merge into one ``decode_roofline.json``)
-train_step      120 s   ``train_step``: Qwen2.5-1.5B, bf16 compute, f32 parameters, full
+decode-1.5b     115 s   the same on Qwen2.5-1.5B (rows merge into one ``decode_roofline.json``)
+train_step      110 s   ``train_step``: Qwen2.5-1.5B, bf16 compute, f32 parameters, full
                         remat, 32 x (512 + 512) tokens (target: MFU >= 40 %)
 logprobs        35 s    ``logprobs``: chunked log-prob memory against full logits (compiled
                         memory analysis, B 8, T 4096, V 151,936)
-rl_step         130 s   ``rl_step``: 3 steps of ``rlvr_jax.train.run`` with
+rl_step         110 s   ``rl_step``: 3 steps of ``rlvr_jax.train.run`` with
                         ``configs/smollm2_arith.py:grpo`` on a Qwen2.5-0.5B-shaped random model
                         with SmolLM2's vocabulary, bf16; time split per step
 ==============  ======  ====================================================================
@@ -132,11 +132,11 @@ def _rl_args(a: argparse.Namespace, preset: str, dtype: str, steps: int) -> list
 
 
 PARTS = (
-    Part("decode-0.5b", "decode_roofline", 90, "decode_roofline.json",
+    Part("decode-0.5b", "decode_roofline", 105, "decode_roofline.json",
          _decode_full("qwen2.5-0.5b"), _decode_tiny(1), _decode_headline("qwen2.5-0.5b")),
-    Part("decode-1.5b", "decode_roofline", 100, "decode_roofline.json",
+    Part("decode-1.5b", "decode_roofline", 115, "decode_roofline.json",
          _decode_full("qwen2.5-1.5b"), _decode_tiny(2), _decode_headline("qwen2.5-1.5b")),
-    Part("train_step", "train_step", 120, "train_step.json",
+    Part("train_step", "train_step", 110, "train_step.json",
          lambda a: ["--preset", "qwen2.5-1.5b", "--dtype", "bfloat16", "--param-dtype",
                     "float32", "--remat", "full", "--attention-impl", a.attention_impl,
                     "--batch", "32", "--prompt-len", "512", "--response-len", "512",
@@ -151,7 +151,7 @@ PARTS = (
          lambda a: ["--batch", "2", "--length", "32", "--vocab", "512", "--hidden", "64",
                     "--chunk-size", "16"],
          _logprobs_headline),
-    Part("rl_step", "rl_step", 130, "rl_step.json",
+    Part("rl_step", "rl_step", 110, "rl_step.json",
          lambda a: _rl_args(a, "qwen2.5-0.5b", "bfloat16", 3),
          lambda a: _rl_args(a, "tiny", "float32", 2),
          _rl_headline),
