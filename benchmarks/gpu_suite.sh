@@ -9,16 +9,16 @@
 # prepare: the wheels of benchmarks/gpu_requirements.txt for CPython 3.12 on x86-64 Linux
 # (pure-Python source packages built into wheels, pycosat's source kept to build there) and the
 # SmolLM2 tokenizer saved as a directory (tokenizer.json, chat template) from the embedded GGUF.
-# run: installs them into /tmp/site (first on PYTHONPATH, over the image's packages) and runs
-# `python3 -m benchmarks.gpu_suite --out-dir OUT_DIR` (default benchmarks/results/gpu_suite).
-# PYTHON (default python3) names the interpreter in both.
+# run: installs them into $SITE (default /tmp/site; first on PYTHONPATH, over the image's
+# packages) and runs `python3 -m benchmarks.gpu_suite --out-dir OUT_DIR` (default
+# benchmarks/results/gpu_suite). PYTHON (default python3) names the interpreter in both.
 set -euo pipefail
 
 ASSETS=.gpu_assets
 WHEELS=$ASSETS/wheels
 SOURCES=$ASSETS/sources
 TOKENIZER=$ASSETS/smollm2-tokenizer
-SITE=/tmp/site
+SITE=${SITE:-/tmp/site}
 SOURCE_ONLY="cellpylib zss pycosat"
 PURE_SOURCE="cellpylib zss"
 PYTHON=${PYTHON:-python3}
@@ -40,7 +40,8 @@ prepare() {
     "$PYTHON" -m pip download -q --no-deps --no-binary=:all: -d "$SOURCES" \
         $(requirements $SOURCE_ONLY)
     for name in $PURE_SOURCE; do
-        "$PYTHON" -m pip wheel -q --no-deps --no-build-isolation -w "$WHEELS" "$SOURCES/$name"-*.tar.gz
+        "$PYTHON" -m pip wheel -q --no-deps --no-build-isolation -w "$WHEELS" \
+            "$SOURCES/$name"-*.tar.gz
         rm "$SOURCES/$name"-*.tar.gz
     done
     "$PYTHON" -c "from rlvr_jax import models; \

@@ -127,3 +127,31 @@ def test_bad_attention_impl_is_rejected_with_its_name():
     with pytest.raises(ValueError, match="attention_impl='cudnn' needs dtype"):
         CONFIG.replace(attention_impl="cudnn")  # float32
     assert CONFIG.replace(attention_impl="cudnn", dtype=jnp.bfloat16).attention_impl == "cudnn"
+
+
+def test_cudnn_path_passes_jax_shape_checks_when_traced(monkeypatch):
+    # No GPU here: tracing alone (jax.eval_shape) runs the cuDNN wrapper's checks of layouts,
+    # GQA head counts, dtypes and the mask-as-bias shape, for training (forward and gradient)
+    # and for a cached prefill. Only its "is cuDNN installed" probe is replaced.
+    fused = pytest.importorskip("jax._src.cudnn.fused_attention_stablehlo")
+    if not hasattr(fused, "check_cudnn_version"):
+        pytest.skip("jax's cuDNN attention module no longer has check_cudnn_version to stub")
+    monkeypatch.setattr(fused, "check_cudnn_version", lambda *args, **kwargs: 90800)
+    config = CONFIG.replace(dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, attention_impl="cudnn")
+    params = jax.eval_shape(lambda: models.init_params(config, jax.random.key(0)))
+    tokens = jax.ShapeDtypeStruct((4, 7), jnp.int32)
+    mask = jax.ShapeDtypeStruct((4, 7), bool)
+
+    def loss(params, tokens, mask):
+        return models.forward(config, params, tokens, attention_mask=mask).sum()
+
+    assert jax.eval_shape(loss, params, tokens, mask).shape == ()
+    grads = jax.eval_shape(jax.grad(loss), params, tokens, mask)
+    assert jax.tree.structure(grads) == jax.tree.structure(params)
+
+    def prefill(params, tokens, mask):
+        cache = models.init_cache(config, 4, 11)
+        return models.forward(config, params, tokens, attention_mask=mask, cache=cache)
+
+    logits, cache = jax.eval_shape(prefill, params, tokens, mask)
+    assert logits.shape == (4, 7, 64) and cache["k"].shape == (2, 4, 2, 11, 8)

@@ -223,14 +223,23 @@ def _fused_attention(
     the same slots, T = S) also lets cuDNN skip the blocks above the diagonal; the mask already
     holds the causal part, so it changes no value. JAX's kernels give a query with no visible
     key a uniform average of the values; such rows are set to 0, as `_einsum_attention` does.
+
+    cuDNN takes a mask (a bias) in training only with even T and S, so an odd length gets one
+    more slot (in both implementations, which keeps the CPU tests on this code): a padded key
+    is invisible to every query and a padded query's output is dropped, so nothing changes.
     """
     if kv_layout == "bksd":  # a cached prefill: the cache's heads-before-slots layout
         k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [B, S, K, Dh]
-    Dh = q.shape[-1]
+    T, S, Dh = q.shape[1], k.shape[1], q.shape[-1]
+    pad_t, pad_s = T % 2, S % 2
+    q = jnp.pad(q, ((0, 0), (0, pad_t), (0, 0), (0, 0)))  # [B, T', H, Dh]
+    k = jnp.pad(k, ((0, 0), (0, pad_s), (0, 0), (0, 0)))  # [B, S', K, Dh]
+    v = jnp.pad(v, ((0, 0), (0, pad_s), (0, 0), (0, 0)))
+    mask = jnp.pad(visible, ((0, 0), (0, pad_t), (0, pad_s)))  # [B, T', S'], padding False
     out = jax.nn.dot_product_attention(
-        q, k, v, mask=visible[:, None], scale=Dh**-0.5, is_causal=is_causal,
+        q, k, v, mask=mask[:, None], scale=Dh**-0.5, is_causal=is_causal,
         implementation=implementation,
-    )  # [B, T, H, Dh]
+    )[:, :T]  # [B, T, H, Dh]
     any_visible = jnp.any(visible, axis=-1)  # [B, T]
     return jnp.where(any_visible[:, :, None, None], out, jnp.zeros((), out.dtype))
 
