@@ -208,8 +208,9 @@ CHAT_TEMPLATE = (
 def _arithmetic_tokenizer(directory):
     """A small byte-level BPE with a ChatML template, trained on arithmetic prompts, saved as a
     directory (SmolLM2's tokenizer is read from a 100 MB GGUF, too slow to load for a test)."""
-    tokenizers = pytest.importorskip("tokenizers")
-    transformers = pytest.importorskip("transformers")
+    import tokenizers
+    import transformers
+
     corpus = [f"Calculate {a} + {b}.\n\nAnswer with the number only. {a + b}"
               for a in range(0, 100, 7) for b in range(0, 100, 9)]
     tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
