@@ -13,6 +13,7 @@ unembedding) and outputs are listed separately because both versions share them.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +40,7 @@ def memory(fn, *args) -> dict[str, float]:
     }
 
 
-def main() -> None:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=4096)
@@ -48,7 +49,11 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=256)
     parser.add_argument("--dtype", default="bfloat16", help="hidden states and unembedding")
     parser.add_argument("--out", default=harness.result_path("logprobs"))
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
 
     dtype = jnp.dtype(args.dtype)
     hidden = jax.ShapeDtypeStruct((args.batch, args.length, args.hidden), dtype)

@@ -30,8 +30,8 @@ the steps; the process CPU time per wall second of the timed steps is reported t
 
     python -m benchmarks.train_step                              # SmolLM2-135M, 8 × (128+128)
     python -m benchmarks.train_step --batch 2 --prompt-len 32 --response-len 32 --repeats 2
-    python -m benchmarks.train_step --preset qwen2.5-0.5b --dtype bfloat16 --batch 64 \\
-        --prompt-len 512 --response-len 1024 --micro-batches 4 --remat dots_saveable   # a GPU
+    python -m benchmarks.train_step --preset qwen2.5-1.5b --dtype bfloat16 --batch 32 \\
+        --prompt-len 512 --response-len 512 --remat full --attention-impl cudnn   # a GPU
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ import os
 import pathlib
 import statistics
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -48,10 +49,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import harness
+from benchmarks.shapes import NAMES, model_config
 from rlvr_jax import models, sharding
 from rlvr_jax import optimizer as optim
 from rlvr_jax import train_step as ts
 from rlvr_jax.config import base_config
+from rlvr_jax.models.config import ATTENTION_IMPLS
 
 
 def matmul_weight_count(config: models.ModelConfig) -> int:
@@ -118,15 +121,18 @@ def settings_key(settings: dict[str, Any]) -> str:
     return " ".join(f"{k}={settings[k]}" for k in sorted(settings))
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="smollm2-135m-instruct", choices=sorted(models.PRESETS))
+    parser.add_argument("--preset", default="smollm2-135m-instruct", choices=NAMES,
+                        help="architecture with random weights ('tiny': two layers, smoke runs)")
     parser.add_argument("--batch", type=int, default=8, help="sequences per step")
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--response-len", type=int, default=128)
     parser.add_argument("--dtype", default="float32", help="compute dtype (float32, bfloat16)")
     parser.add_argument("--param-dtype", default="float32", help="parameter storage dtype")
     parser.add_argument("--remat", default="none", choices=["none", "full", "dots_saveable"])
+    parser.add_argument("--attention-impl", default="einsum", choices=ATTENTION_IMPLS,
+                        help="ModelConfig.attention_impl ('cudnn': fused attention on a GPU)")
     parser.add_argument("--micro-batches", type=int, default=1)
     parser.add_argument("--logprob-chunk-size", type=int, default=256)
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps after compiling")
@@ -136,7 +142,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--peak-matmul-size", type=int, default=2048)
     parser.add_argument("--note", default="", help="free text stored with the result")
     parser.add_argument("--out", default=harness.result_path("train_step"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     for name in ("batch", "prompt_len", "response_len", "micro_batches", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -157,10 +163,8 @@ def table_peak(args: argparse.Namespace, device: jax.Device) -> tuple[float, str
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    config = models.get_preset(args.preset).replace(
-        dtype=jnp.dtype(args.dtype), param_dtype=jnp.dtype(args.param_dtype),
-        remat_policy=args.remat,
-    )
+    config = model_config(args.preset, args.dtype, args.param_dtype,
+                          args.attention_impl).replace(remat_policy=args.remat)
     mesh = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
     rules = sharding.rules_from_config(None)
     tx, _ = optim.make_optimizer(name="adamw", learning_rate=1e-6)
@@ -211,7 +215,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = {
         "preset": args.preset, "batch": args.batch, "prompt_len": args.prompt_len,
         "response_len": args.response_len, "dtype": args.dtype, "param_dtype": args.param_dtype,
-        "remat": args.remat, "micro_batches": args.micro_batches,
+        "remat": args.remat, "attention_impl": args.attention_impl,
+        "micro_batches": args.micro_batches,
         "logprob_chunk_size": args.logprob_chunk_size,
     }
     return {
@@ -250,7 +255,8 @@ def print_table(result: dict[str, Any]) -> None:
                   f"{result['matmul_params'] / 1e6:.1f}M in matmuls), random weights"),
         ("batch", f"{s['batch']} x ({s['prompt_len']} + {s['response_len']}) tokens, "
                   f"{s['micro_batches']} micro-batch(es)"),
-        ("numerics", f"compute {s['dtype']}, params {s['param_dtype']}, remat {s['remat']}"),
+        ("numerics", f"compute {s['dtype']}, params {s['param_dtype']}, remat {s['remat']}, "
+                     f"attention {s['attention_impl']}"),
         ("compile (lower + compile)", f"{result['compile_s']:.2f} s"),
         ("first step (after compile)", f"{result['first_step_s']:.2f} s"),
         ("step time (median)", f"{result['step_s_median']:.3f} s over "
@@ -276,8 +282,8 @@ def save(result: dict[str, Any], path: pathlib.Path) -> None:
     harness.write_result({"entries": entries}, path)
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
     result = run(args)
     print_table(result)
     save(result, pathlib.Path(args.out))

@@ -27,7 +27,8 @@ The other sections (their keys are documented where they are read)::
                 (JAX's persistent compilation cache directory, shared by runs: a second run,
                 a resumed run and a study's later runs skip compiling; "": off)
     model:      name (preset, HF directory or .gguf), tokenizer (None: same as name), dtype,
-                param_dtype, remat_policy, cache_dir
+                param_dtype, remat_policy, attention_impl ("einsum" | "xla" | "cudnn":
+                models.ModelConfig.attention_impl), cache_dir
     task:       name (``tasks.names()``), options, train_split, eval_split
     rollout:    prompts_per_step (B), group_size (G), max_prompt_len, max_new_tokens, sampling,
                 prompt_bucket, length_bucket, old_logp_source ("trainer" | "sampler"),
@@ -76,6 +77,7 @@ from rlvr_jax import (
     sampling,
     sharding,
 )
+from rlvr_jax.models.config import ATTENTION_IMPLS, CUDNN_DTYPES
 from rlvr_jax.tasks.prompts import PROMPT_TOKENS
 from rlvr_jax.tasks.registry import check_name as check_task_name
 
@@ -120,6 +122,7 @@ def base_config() -> ml_collections.ConfigDict:
         "dtype": "float32",
         "param_dtype": "float32",
         "remat_policy": "none",
+        "attention_impl": "einsum",
         "cache_dir": placeholder(str),
     })
     config.task = ml_collections.ConfigDict({
@@ -306,7 +309,8 @@ def _check_estimator_conventions(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_model_dtypes(model: ml_collections.ConfigDict) -> None:
-    """Valid dtype names, and f32 storage of the trained weights.
+    """Valid dtype names, an attention implementation that takes the compute dtype, and f32
+    storage of the trained weights.
 
     An optimizer update is applied to the stored weights: in bfloat16 (8 significant bits) an
     update smaller than half the spacing at the weight's magnitude rounds away (``1.0 + 1e-6``
@@ -319,6 +323,12 @@ def _check_model_dtypes(model: ml_collections.ConfigDict) -> None:
             jnp.dtype(model[key])
         except TypeError:
             raise ValueError(f"model.{key}={model[key]!r} is not a dtype name") from None
+    if model.attention_impl not in ATTENTION_IMPLS:
+        raise ValueError(f"model.attention_impl={model.attention_impl!r}; expected one of "
+                         f"{ATTENTION_IMPLS}")
+    if model.attention_impl == "cudnn" and jnp.dtype(model.dtype).name not in CUDNN_DTYPES:
+        raise ValueError(f"model.attention_impl='cudnn' needs model.dtype in {CUDNN_DTYPES} "
+                         f"(cuDNN's fused attention), got {model.dtype!r}")
     if jnp.dtype(model.param_dtype) != jnp.float32:
         raise ValueError(
             f"model.param_dtype={model.param_dtype!r} would store the trained weights in a "

@@ -118,7 +118,8 @@ def run(config: Any, workdir: str, *, model_store: models.ModelStore | None = No
     model_config, params = store.weights(
         config.model.name, dtype=config.model.dtype, param_dtype=config.model.param_dtype,
         cache_dir=config.model.cache_dir)
-    model_config = model_config.replace(remat_policy=config.model.remat_policy)
+    model_config = model_config.replace(remat_policy=config.model.remat_policy,
+                                        attention_impl=config.model.attention_impl)
     tokenizer = store.tokenizer(config.model.tokenizer or config.model.name,
                                 cache_dir=config.model.cache_dir)
     eos_ids = model_config.eos_token_ids or (tokenizer.eos_token_id,)

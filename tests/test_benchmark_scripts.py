@@ -1,16 +1,18 @@
 """Pure helpers of the benchmark scripts against hand-computed values (no timing assertions)."""
 
+import dataclasses
 import json
+import sys
 
 import jax
 import numpy as np
 import pytest
 
 from benchmarks import decode_roofline as roofline
-from benchmarks import harness
+from benchmarks import harness, shapes
 from rlvr_jax import models, sampling
 
-# TINY_CONFIG of decode_roofline.py: L=2, D=64, H=4, K=2, Dh=16, F=128, V=512, q/k/v biases.
+# shapes.TINY_CONFIG: L=2, D=64, H=4, K=2, Dh=16, F=128, V=512, q/k/v biases.
 # One layer: q, o 64·64 each; k, v 64·32 each; biases 4·16 + 2·2·16; gate, up, down 64·128
 # each; two norms of 64.
 TINY_LAYER = 2 * 64 * 64 + 2 * 64 * 32 + (64 + 64) + 3 * 64 * 128 + 2 * 64  # 37120
@@ -18,7 +20,7 @@ TINY_MATMUL = 2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128) + 512 * 64  # 10649
 
 
 def test_tiny_layer_count_matches_initialised_parameters():
-    config = roofline.TINY_CONFIG
+    config = shapes.TINY_CONFIG
     params = models.init_params(config, jax.random.key(0))
     layer_sizes = sum(x.size for x in jax.tree.leaves(params["layers"]))
     assert config.params_per_layer == TINY_LAYER == layer_sizes // 2
@@ -57,7 +59,7 @@ def test_qwen_0_5b_reads_every_parameter_once_at_batch_one():
 
 
 def test_decode_flops_per_step_tiny():
-    config = roofline.TINY_CONFIG
+    config = shapes.TINY_CONFIG
     assert roofline.matmul_weight_count(config) == TINY_MATMUL
     attention = 4 * 4 * 2 * 4 * 16 * 20  # B, L, H, Dh, S_avg
     assert roofline.decode_flops_per_step(config, 4, 16, 8) == 2 * TINY_MATMUL * 4 + attention
@@ -113,7 +115,7 @@ def test_bad_arguments_are_rejected(argv, capsys):
 
 
 def test_one_and_n_token_calls_share_one_compiled_program():
-    config = roofline.TINY_CONFIG
+    config = shapes.TINY_CONFIG
     params = models.init_params(config, jax.random.key(0))
     # 65 new tokens: generate's default 64-step buckets would give the 1-token call its own
     # (64-step) program and the 65-token call a 128-step one.
@@ -154,7 +156,7 @@ def test_main_rows_from_given_timings(monkeypatch, tmp_path):
 
 
 def test_rows_skip_when_memory_would_not_fit_or_runs_out(monkeypatch):
-    config = roofline.TINY_CONFIG
+    config = shapes.TINY_CONFIG
     args = roofline.parse_args(["--presets", "tiny", "--prompt-len", "8", "--new-tokens", "4"])
 
     def must_not_run(*_):
@@ -175,7 +177,8 @@ def test_rows_skip_when_memory_would_not_fit_or_runs_out(monkeypatch):
 
 
 def _result(kind, rows, **settings):
-    base = {name: 1 for name in ("prompt_len", "new_tokens", "strategy", "dtype", "repeats")}
+    base = {name: 1 for name in ("prompt_len", "new_tokens", "strategy", "dtype", "repeats",
+                                 "attention_impl")}
     base.update(bandwidth_gbs=None, peak_tflops=None, **settings)
     return {"device": {"kind": kind}, "settings": base,
             "rows": [{"preset": preset, "batch": batch, "step_s": step_s}
@@ -192,3 +195,110 @@ def test_merge_keeps_rows_not_remeasured_from_same_device_and_settings():
     assert roofline.merge_rows(None, new) == new
     assert roofline.merge_rows(_result("H200", [("b", 1, 3.0)]), new) == new
     assert roofline.merge_rows(_result("H100", [("b", 1, 3.0)], dtype=2), new) == new
+
+
+# The GPU suite (benchmarks/gpu_suite.py).
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _arithmetic_tokenizer(directory):
+    """A small byte-level BPE with a ChatML template, trained on arithmetic prompts, saved as a
+    directory (SmolLM2's tokenizer is read from a 100 MB GGUF, too slow to load for a test)."""
+    import tokenizers
+    import transformers
+
+    corpus = [f"Calculate {a} + {b}.\n\nAnswer with the number only. {a + b}"
+              for a in range(0, 100, 7) for b in range(0, 100, 9)]
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = tokenizers.decoders.ByteLevel()
+    tokenizer.train_from_iterator(corpus, tokenizers.trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()))
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(directory)
+    return len(fast)
+
+
+def test_gpu_suite_full_commands_are_accepted_by_their_scripts(tmp_path):
+    # The GPU run cannot be retried cheaply: every part's full-mode command line must parse.
+    from benchmarks import gpu_suite, rl_step
+    from benchmarks import logprobs as logprobs_script
+    from benchmarks import train_step as train_step_script
+
+    args = gpu_suite.parse_args(["--out-dir", str(tmp_path), "--tokenizer", "tok"])
+    assert args.attention_impl == "cudnn" and not args.tiny
+    parsers = {"decode_roofline": roofline.parse_args, "train_step": train_step_script.parse_args,
+               "logprobs": logprobs_script.parse_args, "rl_step": rl_step.parse_args}
+    budget = 0.0
+    for part in gpu_suite.PARTS:
+        argv = gpu_suite.command(part, args)
+        assert argv[1:3] == ["-m", f"benchmarks.{part.module}"]
+        parsed = parsers[part.module](argv[3:])
+        assert parsed.out == str(tmp_path / part.result_file)
+        if part.module != "logprobs":  # compiled memory analysis only: no model
+            assert parsed.attention_impl == "cudnn"
+        budget += part.budget_s
+    assert budget < 8 * 60
+
+
+def test_gpu_suite_reports_failed_and_timed_out_parts(monkeypatch, tmp_path, capsys):
+    from benchmarks import gpu_suite
+
+    args = gpu_suite.parse_args(["--out-dir", str(tmp_path)])
+    part = gpu_suite.PARTS[3]  # logprobs
+    script = {"failed": "raise SystemExit(3)", "timed": "import time; time.sleep(60)"}
+    with open(tmp_path / "log", "w") as log:
+        monkeypatch.setattr(gpu_suite, "command",
+                            lambda part, args: [sys.executable, "-c", script["failed"]])
+        failed = gpu_suite.run_part(part, args, log)
+        monkeypatch.setattr(gpu_suite, "command",
+                            lambda part, args: [sys.executable, "-c", script["timed"]])
+        slow = dataclasses.replace(part, budget_s=1.0)
+        timed_out = gpu_suite.run_part(slow, args, log)
+    assert failed["status"] == "failed (exit 3)" and failed["returncode"] == 3
+    assert failed["headline"] == "no result (logprobs.json not written)"
+    assert timed_out["status"] == "timed out after 1 s" and timed_out["seconds"] < 30
+
+
+@pytest.mark.slow
+def test_gpu_suite_tiny_mode_end_to_end(tmp_path):
+    from benchmarks import gpu_suite
+
+    vocab = _arithmetic_tokenizer(tmp_path / "tokenizer")
+    out = tmp_path / "results"
+    code = gpu_suite.main(["--tiny", "--tokenizer", str(tmp_path / "tokenizer"),
+                           "--out-dir", str(out), "--workdir-root", str(tmp_path / "scratch")])
+    summary = json.loads((out / "gpu_suite.json").read_text())
+    assert [p["part"] for p in summary["parts"]] == list(gpu_suite.PART_NAMES)
+    assert [p["status"] for p in summary["parts"]] == ["ok"] * 5, (out / "gpu_suite.log")
+    assert code == 0 and summary["mode"] == "tiny" and summary["attention_impl"] == "xla"
+
+    decode = json.loads((out / "decode_roofline.json").read_text())  # both parts' rows merged
+    assert [(r["preset"], r["batch"]) for r in decode["rows"]] == [("tiny", 1), ("tiny", 2)]
+    assert decode["settings"]["attention_impl"] == "xla"
+    (train,) = json.loads((out / "train_step.json").read_text())["entries"]
+    assert train["settings"]["remat"] == "full" and train["settings"]["attention_impl"] == "xla"
+    assert train["tokens_per_step"] == 2 * 16 and np.isfinite(train["final_loss"])
+    assert 0 < train["mfu"] < 1
+    memory = json.loads((out / "logprobs.json").read_text())
+    assert [r["mode"] for r in memory["rows"]] == ["forward", "forward+backward"]
+
+    rl = json.loads((out / "rl_step.json").read_text())
+    assert rl["error"] is None and rl["steps_logged"] == 2
+    assert rl["model"]["vocab_size"] == vocab and rl["settings"]["attention_impl"] == "xla"
+    assert rl["job"] == {"prompts_per_step": 4, "group_size": 4, "max_new_tokens": 24,
+                         "estimator": "grpo"}  # configs/smollm2_arith.py:grpo
+    for step in rl["steps"]:
+        split = [step[f"time/{name}_seconds"]
+                 for name in ("generation", "verification", "scoring", "update")]
+        assert min(split) > 0 and sum(split) <= step["time/step_seconds"] * (1 + 1e-6)
+    run_config = json.loads((tmp_path / "scratch" / "rl_step_run" / "run" / "config.json")
+                            .read_text())
+    assert run_config["model"]["attention_impl"] == "xla"

@@ -250,6 +250,10 @@ BAD_VALUES = [  # (variant, {"section.key": value}, message)
     ("grpo", {"model.param_dtype": "bfloat16"},
      r"model\.param_dtype='bfloat16'.*round away.*model\.param_dtype='float32'"),
     ("grpo", {"model.dtype": "bfloat61"}, r"model\.dtype='bfloat61' is not a dtype name"),
+    ("grpo", {"model.attention_impl": "flash"},
+     r"model\.attention_impl='flash'; expected one of \('einsum', 'xla', 'cudnn'\)"),
+    ("grpo", {"model.attention_impl": "cudnn"},
+     r"model\.attention_impl='cudnn' needs model\.dtype in \('bfloat16', 'float16'\)"),
     ("grpo", {"checkpoint.keep_last": -1}, r"checkpoint\.keep_last must be >= 0"),
 ]
 

@@ -14,9 +14,13 @@ import jax.numpy as jnp
 
 Family = Literal["llama", "qwen2", "qwen3"]
 Remat = Literal["none", "full", "dots_saveable"]
+AttentionImpl = Literal["einsum", "xla", "cudnn"]
 
 FAMILIES: tuple[str, ...] = ("llama", "qwen2", "qwen3")
 REMAT_POLICIES: tuple[str, ...] = ("none", "full", "dots_saveable")
+ATTENTION_IMPLS: tuple[str, ...] = ("einsum", "xla", "cudnn")
+# cuDNN's fused attention kernels take half-precision inputs only.
+CUDNN_DTYPES: tuple[str, ...] = ("bfloat16", "float16")
 ROPE_TYPES: tuple[str, ...] = ("default", "linear", "llama3")
 
 _HF_ARCHITECTURES = {
@@ -42,6 +46,13 @@ class ModelConfig:
     of parameters. Norm statistics, softmax and logits are always computed in float32.
     `remat_policy` chooses what each layer keeps for the backward pass: "none" keeps all
     activations, "full" recomputes the layer, "dots_saveable" keeps matmul outputs only.
+
+    `attention_impl` chooses how attention without a cache (training, scoring) and the cached
+    prefill of a prompt are computed; one-token decode steps always use the einsum path.
+    "einsum": the model's own masked einsum and float32 softmax (any backend). "xla" and
+    "cudnn": `jax.nn.dot_product_attention` with that `implementation`; "cudnn" is cuDNN's
+    fused (flash) attention, GPU only, `dtype` bfloat16 or float16. All three compute the same
+    function (see `transformer.Attention`).
     """
 
     family: Family
@@ -68,6 +79,7 @@ class ModelConfig:
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     remat_policy: Remat = "none"
+    attention_impl: AttentionImpl = "einsum"
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -76,6 +88,9 @@ class ModelConfig:
             raise ValueError(
                 f"ModelConfig.remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}"
             )
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"ModelConfig.attention_impl={self.attention_impl!r}; expected one "
+                             f"of {ATTENTION_IMPLS}")
         if self.rope_type not in ROPE_TYPES:
             raise ValueError(f"ModelConfig.rope_type={self.rope_type!r}; expected {ROPE_TYPES}")
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
@@ -92,6 +107,12 @@ class ModelConfig:
         object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
         object.__setattr__(self, "param_dtype", jnp.dtype(self.param_dtype))
         object.__setattr__(self, "eos_token_ids", tuple(int(i) for i in self.eos_token_ids))
+        if self.attention_impl == "cudnn" and self.dtype.name not in CUDNN_DTYPES:
+            raise ValueError(
+                f"ModelConfig.attention_impl='cudnn' needs dtype in {CUDNN_DTYPES} (cuDNN's fused "
+                f"attention takes half-precision inputs), got dtype={self.dtype.name}; use "
+                "attention_impl='xla' or 'einsum' for float32"
+            )
 
     def replace(self, **changes: Any) -> ModelConfig:
         """A copy with some fields changed (e.g. `config.replace(dtype=jnp.bfloat16)`)."""

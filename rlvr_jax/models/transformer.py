@@ -104,6 +104,13 @@ class Attention(nn.Module):
     its own [B, K, S, Dh] slice; with `layer_index` None, `cache` is this layer's own
     {k, v: [B, K, S, Dh]}. Heads come before slots, the layout the attention contractions read,
     so no per-step transpose of the cache is needed.
+
+    The attention itself is `_einsum_attention`, or `_fused_attention` when
+    `config.attention_impl` is "xla" or "cudnn", for every call but a one-token decode step:
+    a decode step's single query per row is memory-bound (it reads the cache once, which the
+    einsum already does, in the cache's own layout), a fused kernel would need the cache in
+    the [B, S, K, Dh] layout (a transposed copy on every step) and gains nothing from tiling
+    one query row.
     """
 
     config: ModelConfig
@@ -137,10 +144,10 @@ class Attention(nn.Module):
         k = nn.with_logical_constraint(k, ("batch", "length", "kv_heads", None))
         v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads", None))
 
-        B, T = x.shape[:2]
+        T = x.shape[1]
         if cache is None:
             query_offset = jnp.int32(0)
-            kv_spec = "bskd"  # k, v: [B, S = T, K, Dh]
+            kv_layout = "bskd"  # k, v: [B, S = T, K, Dh]
         else:
             query_offset = cache_index
             cache = {
@@ -149,33 +156,92 @@ class Attention(nn.Module):
             }
             k = _layer_slice(cache["k"], layer_index).astype(c.dtype)  # [B, K, S, Dh]
             v = _layer_slice(cache["v"], layer_index).astype(c.dtype)  # [B, K, S, Dh]
-            kv_spec = "bksd"
+            kv_layout = "bksd"
         S = key_valid.shape[1]
-
-        G = H // K  # query heads per key/value head
-        q = q.reshape(B, T, K, G, Dh)  # [B, T, K, G, Dh]
-        logits = jnp.einsum(f"btkgd,{kv_spec}->bkgts", q, k, preferred_element_type=jnp.float32)
-        logits = logits * (Dh**-0.5)  # [B, K, G, T, S]
         query_slot = query_offset + jnp.arange(T)  # [T]
         causal = jnp.arange(S)[None, :] <= query_slot[:, None]  # [T, S]
         visible = causal[None, :, :] & key_valid[:, None, :]  # [B, T, S]
-        visible = visible[:, None, None]  # [B, 1, 1, T, S]
-        probs = jax.nn.softmax(jnp.where(visible, logits, _MASK_VALUE), axis=-1)
-        # A query with no visible key (left padding) attends to nothing: output 0, the same in
-        # the cached and uncached paths.
-        probs = jnp.where(visible, probs, 0.0).astype(c.dtype)
-        if cache is None:
-            out = jnp.einsum("bkgts,bskd->btkgd", probs, v)  # [B, T, K, G, Dh]
+        if c.attention_impl == "einsum" or (cache is not None and T == 1):
+            out = _einsum_attention(q, k, v, visible, kv_layout, c.dtype)  # [B, T, H, Dh]
         else:
-            # (g, t) merged into one row axis: a plain batched matmul, which XLA:CPU runs on its
-            # fast dot path (the 5-d form falls back to a slow one, ~3x at decode shapes).
-            out = jnp.einsum("bkqs,bksd->bkqd", probs.reshape(B, K, G * T, S), v)
-            out = out.reshape(B, K, G, T, Dh).transpose(0, 3, 1, 2, 4)  # [B, T, K, G, Dh]
-        out = out.reshape(B, T, H, Dh)
+            out = _fused_attention(q, k, v, visible, kv_layout, is_causal=cache is None,
+                                   implementation=c.attention_impl)  # [B, T, H, Dh]
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", None))
         o_proj = _projection(c, (c.hidden_size,), ("heads", "head_dim", "embed"), None,
                              "o_proj")
         return o_proj(out), cache
+
+
+def _einsum_attention(
+    q: jnp.ndarray,  # [B, T, H, Dh]
+    k: jnp.ndarray,  # [B, S, K, Dh] ("bskd") or [B, K, S, Dh] ("bksd")
+    v: jnp.ndarray,  # like k
+    visible: jnp.ndarray,  # [B, T, S] bool: query t may attend to key slot s
+    kv_layout: str,
+    dtype: Any,
+) -> jnp.ndarray:  # [B, T, H, Dh]
+    """softmax(q·kᵀ / √Dh, masked to `visible`) · v, per query head and its key/value head.
+
+    Scores and softmax in float32; masked logits are replaced by a finite `_MASK_VALUE`, and
+    the probabilities of invisible keys are set to 0, so a query with no visible key (left
+    padding) outputs 0.
+    """
+    B, T, H, Dh = q.shape
+    K = k.shape[2] if kv_layout == "bskd" else k.shape[1]
+    S = visible.shape[-1]
+    G = H // K  # query heads per key/value head
+    q = q.reshape(B, T, K, G, Dh)  # [B, T, K, G, Dh]
+    logits = jnp.einsum(f"btkgd,{kv_layout}->bkgts", q, k, preferred_element_type=jnp.float32)
+    logits = logits * (Dh**-0.5)  # [B, K, G, T, S]
+    visible = visible[:, None, None]  # [B, 1, 1, T, S]
+    probs = jax.nn.softmax(jnp.where(visible, logits, _MASK_VALUE), axis=-1)
+    probs = jnp.where(visible, probs, 0.0).astype(dtype)
+    if kv_layout == "bskd":
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v)  # [B, T, K, G, Dh]
+    else:
+        # (g, t) merged into one row axis: a plain batched matmul, which XLA:CPU runs on its
+        # fast dot path (the 5-d form falls back to a slow one, ~3x at decode shapes).
+        out = jnp.einsum("bkqs,bksd->bkqd", probs.reshape(B, K, G * T, S), v)
+        out = out.reshape(B, K, G, T, Dh).transpose(0, 3, 1, 2, 4)  # [B, T, K, G, Dh]
+    return out.reshape(B, T, H, Dh)
+
+
+def _fused_attention(
+    q: jnp.ndarray,  # [B, T, H, Dh]
+    k: jnp.ndarray,  # [B, S, K, Dh] ("bskd") or [B, K, S, Dh] ("bksd")
+    v: jnp.ndarray,  # like k
+    visible: jnp.ndarray,  # [B, T, S] bool
+    kv_layout: str,
+    *,
+    is_causal: bool,
+    implementation: str,
+) -> jnp.ndarray:  # [B, T, H, Dh]
+    """The function of `_einsum_attention` through `jax.nn.dot_product_attention`.
+
+    The boolean mask is `visible` itself (any padding pattern, left padding included;
+    cuDNN adds it as a bias of a large negative number). `is_causal` (queries and keys in
+    the same slots, T = S) also lets cuDNN skip the blocks above the diagonal; the mask already
+    holds the causal part, so it changes no value. JAX's kernels give a query with no visible
+    key a uniform average of the values; such rows are set to 0, as `_einsum_attention` does.
+
+    cuDNN takes a mask (a bias) in training only with even T and S, so an odd length gets one
+    more slot (in both implementations, which keeps the CPU tests on this code): a padded key
+    is invisible to every query and a padded query's output is dropped, so nothing changes.
+    """
+    if kv_layout == "bksd":  # a cached prefill: the cache's heads-before-slots layout
+        k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [B, S, K, Dh]
+    T, S, Dh = q.shape[1], k.shape[1], q.shape[-1]
+    pad_t, pad_s = T % 2, S % 2
+    q = jnp.pad(q, ((0, 0), (0, pad_t), (0, 0), (0, 0)))  # [B, T', H, Dh]
+    k = jnp.pad(k, ((0, 0), (0, pad_s), (0, 0), (0, 0)))  # [B, S', K, Dh]
+    v = jnp.pad(v, ((0, 0), (0, pad_s), (0, 0), (0, 0)))
+    mask = jnp.pad(visible, ((0, 0), (0, pad_t), (0, pad_s)))  # [B, T', S'], padding False
+    out = jax.nn.dot_product_attention(
+        q, k, v, mask=mask[:, None], scale=Dh**-0.5, is_causal=is_causal,
+        implementation=implementation,
+    )[:, :T]  # [B, T, H, Dh]
+    any_visible = jnp.any(visible, axis=-1)  # [B, T]
+    return jnp.where(any_visible[:, :, None, None], out, jnp.zeros((), out.dtype))
 
 
 def _write_slots(
