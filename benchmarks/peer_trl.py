@@ -14,8 +14,8 @@ Reported per side: seconds per step (ours: the run's `time/step_seconds`; TRL's:
 `on_step_begin` to `on_step_end`), where the step's time goes, tokens generated per step,
 cores kept busy (CPU seconds of the worker and of its child processes over wall seconds, over
 the step for TRL and over the step plus its logging for ours), the worker's peak resident
-memory (the worker process alone, its loading included) and its live child processes'
-resident memory at the end of a step (the verifier's workers).
+memory (the worker process alone, its loading included), its largest resident memory at the
+end of a step, and its live child processes' (the verifier's workers) at the end of a step.
 
 Needs the `peers` extra (`pip install -e '.[peers]'`: TRL 1.16, torch). About 10 minutes
 with the default 12 steps on a 2-core CPU with nothing else running:
@@ -165,6 +165,7 @@ def summarise(reports: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
         "cores_busy_worker_only": median([r["cpu_s"] / r["window_s"] for r in measured]),
         "window_s": median([r["window_s"] for r in measured]),
         "peak_rss_bytes": max(r["peak_rss_bytes"] for r in reports),
+        "step_end_rss_bytes": max(r["rss_bytes"] for r in reports),
         "children_rss_bytes": max(r["children_rss_bytes"] for r in reports),
         "measured_steps": [warmup + 1, len(reports)],
     }
@@ -175,9 +176,10 @@ def print_tables(summary: dict[str, dict[str, Any]], speedup: float) -> None:
     gib = lambda b: f"{b / 2**30:.2f}"  # noqa: E731
     harness.print_table(
         ["side", "s/step", "first step s", "tokens/step", "cores busy", "peak RSS GiB",
-         "children RSS GiB"],
+         "step-end RSS GiB", "children RSS GiB"],
         [[side, fmt(s["step_s"]), fmt(s["first_step_s"]), fmt(s["tokens_per_step"], ".0f"),
-          fmt(s["cores_busy"]), gib(s["peak_rss_bytes"]), gib(s["children_rss_bytes"])]
+          fmt(s["cores_busy"]), gib(s["peak_rss_bytes"]), gib(s["step_end_rss_bytes"]),
+          gib(s["children_rss_bytes"])]
          for side, s in summary.items()])
     print(f"speed-up of {OURS} (TRL s/step / {OURS} s/step): {speedup:.2f}")
     parts = list(dict.fromkeys(p for s in summary.values() for p in s["split_s"]))
@@ -245,6 +247,7 @@ def main(argv: Sequence[str] | None = None,
         **record,
         "config": {k: v for k, v in vars(args).items() if k != "workdir"},
         "probe": probe,
+        "settings": {side: message.get("settings") for side, message in ready.items()},
         "speedup_of_ours": speedup,
         "sides": summary,
         "steps": reports,

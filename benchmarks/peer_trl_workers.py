@@ -28,8 +28,9 @@ A report holds ``step_s`` (the side's step: ours ``time/step_seconds``, rollout 
 TRL's from ``on_step_begin`` to ``on_step_end``), ``window_s`` and the CPU seconds of the
 window it was measured over (ours: from the ``step`` command to the end of the step's
 logging, so it includes the step; TRL's: the step), the split, tokens generated, the worker's
-peak resident memory so far (``ru_maxrss``, the worker alone) and the resident memory of its
-live child processes (the verifier's workers) at the end of the step.
+peak resident memory so far (``ru_maxrss``, the worker alone, its loading included), its
+resident memory at the end of the step and that of its live child processes (the verifier's
+workers).
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ class Meter:
                 "children_cpu_s": children - self._start[2]}
 
     def memory(self) -> dict[str, int]:
-        """This process's peak resident bytes so far and its live children's resident bytes."""
+        """This process's peak resident bytes so far (loading included) and now, and its live
+        children's resident bytes now."""
         children = 0
         for child in self._children():
             try:
@@ -129,7 +131,7 @@ class Meter:
             except self._gone:
                 continue
         return {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                "children_rss_bytes": children}
+                "rss_bytes": self._process.memory_info().rss, "children_rss_bytes": children}
 
 
 def benchmark_config(steps: int) -> Any:
@@ -228,6 +230,7 @@ def run_rlvr_jax(channel: Channel, steps: int, workdir: pathlib.Path) -> None:
     import jax
     import jax.numpy as jnp
 
+    from rlvr_jax import config as config_lib
     from rlvr_jax import models, train
 
     config = benchmark_config(steps)
@@ -241,7 +244,7 @@ def run_rlvr_jax(channel: Channel, steps: int, workdir: pathlib.Path) -> None:
     logits = models.forward(model_config, params, jnp.asarray([ids], jnp.int32))[0]  # [T, V]
     meter = Meter()
     channel.send(READY, probe=save_probe(workdir, ids, logits),
-                 versions={"jax": jax.__version__})
+                 versions={"jax": jax.__version__}, settings=config_lib.flatten(config))
     progress = PacedProgress(channel, meter, workdir / "run",
                              config.rollout.prompts_per_step * config.rollout.group_size)
     channel.wait()
@@ -279,6 +282,14 @@ class Timers:
             return result
 
         setattr(owner, method, timed)
+
+
+TRL_SETTINGS = (  # the GRPOConfig values that make the work the same, stored with the result
+    "per_device_train_batch_size", "num_generations", "steps_per_generation", "num_iterations",
+    "max_completion_length", "temperature", "top_k", "top_p", "min_p", "learning_rate",
+    "lr_scheduler_type", "weight_decay", "max_grad_norm", "beta", "loss_type", "scale_rewards",
+    "epsilon", "epsilon_high", "activation_checkpointing", "bf16", "shuffle_dataset",
+)
 
 
 def trl_split(seconds: dict[str, float]) -> dict[str, float]:
@@ -376,11 +387,16 @@ def run_trl(channel: Channel, steps: int, workdir: pathlib.Path) -> None:
         warmup_steps=optim.warmup_steps, weight_decay=optim.weight_decay,
         adam_beta1=optim.b1, adam_beta2=optim.b2, adam_epsilon=optim.eps,
         max_grad_norm=optim.grad_clip_norm, beta=0.0, loss_type="dapo", scale_rewards="group",
-        epsilon=loss.clip_low, epsilon_high=loss.clip_high, gradient_checkpointing=False,
+        epsilon=loss.clip_low, epsilon_high=loss.clip_high, activation_checkpointing=False,
         logging_steps=config.total_steps + 1, save_strategy="no", report_to="none",
         disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0)
     if (optim.name, optim.schedule, loss.aggregation) != ("adamw", "constant", "token_mean"):
         raise ValueError("the TRL side runs constant-lr AdamW with the token-mean (dapo) loss")
+    if args.activation_checkpointing or args.bf16 or args.steps_per_generation != 1:
+        raise ValueError(f"TRL settings differ from the work: activation_checkpointing="
+                         f"{args.activation_checkpointing}, bf16={args.bf16}, "
+                         f"steps_per_generation={args.steps_per_generation}")
+    settings = {name: getattr(args, name) for name in TRL_SETTINGS}
     timers = Timers()
     meter = Meter()
 
@@ -396,8 +412,8 @@ def run_trl(channel: Channel, steps: int, workdir: pathlib.Path) -> None:
             if self.step == 0:
                 channel.send(READY, probe=save_probe(workdir, ids, logits),
                              versions={"torch": torch.__version__, "trl": trl.__version__,
-                                       "transformers": transformers.__version__,
-                                       "torch_threads": torch.get_num_threads()})
+                                       "transformers": transformers.__version__},
+                             settings={**settings, "torch_threads": torch.get_num_threads()})
             channel.wait()
             timers.reset()
             meter.start()

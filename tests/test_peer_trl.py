@@ -44,7 +44,7 @@ FAKE_WORKER = textwrap.dedent("""
                          split={"generation": 0.25 * seconds, "scoring": None,
                                 "update": 0.5 * seconds},
                          tokens=64 + step, peak_rss_bytes=step * 2**30,
-                         children_rss_bytes=2**20)
+                         rss_bytes=2**30 if step == 2 else 2**29, children_rss_bytes=2**20)
     except Stop:
         pass
 """)
@@ -87,6 +87,7 @@ def test_alternates_the_sides_and_reports_medians_after_warmup(tmp_path, capsys)
     assert ours["cores_busy"] == pytest.approx(1.6)
     assert ours["cores_busy_worker_only"] == pytest.approx(1.5)
     assert ours["peak_rss_bytes"] == 5 * 2**30 and ours["children_rss_bytes"] == 2**20
+    assert ours["step_end_rss_bytes"] == 2**30  # the largest over every step, warm-up included
     assert ours["measured_steps"] == [3, 5]
     assert result["probe"]["max_abs_logit_difference"] == 0.0
     assert [r["step"] for r in result["steps"]["trl"]] == [1, 2, 3, 4, 5]
