@@ -7,8 +7,9 @@ steps compile and warm up; the first step is reported on its own). Same work on 
 the main job's recipe `configs/smollm2_arith.py:grpo` (SmolLM2-135M-Instruct in float32 with
 the same GGUF weights, 4 prompts x 4 samples, at most 24 new tokens, temperature 1, lr 1.5e-5,
 one AdamW update per rollout, no KL, token-mean loss, no activation checkpointing), the same
-chat-formatted prompts in the same order and the project's verifier as the reward. Before
-the first step the two sides' logits of one prompt must agree (`--logit-atol`).
+chat-formatted prompts in the same order (checked at every step) and the project's verifier
+as the reward. Before the first step the two sides' logits of one prompt must agree
+(`--logit-atol`).
 
 Reported per side: seconds per step (ours: the run's `time/step_seconds`; TRL's: from
 `on_step_begin` to `on_step_end`), where the step's time goes, tokens generated per step,
@@ -119,6 +120,16 @@ def compare_probes(ready: dict[str, dict[str, Any]], atol: float) -> dict[str, A
             "max_abs_logit": float(np.abs(ours["logits"]).max()), "atol": atol}
 
 
+def check_same_prompts(reports: dict[str, dict[str, Any]], step: int) -> None:
+    """AssertionError unless every question our side logged for ``step`` is among TRL's."""
+    if not reports[OURS]["questions"]:
+        raise AssertionError(f"{OURS} logged no sample question for step {step}")
+    missing = set(reports[OURS]["questions"]) - set(reports[THEIRS]["questions"])
+    if missing:
+        raise AssertionError(f"step {step}: {OURS} trained on {sorted(missing)}, which TRL's "
+                             f"step ({reports[THEIRS]['questions']}) did not")
+
+
 def alternate(workers: dict[str, Worker], steps: int,
               on_step: Callable[[int, dict[str, dict[str, Any]]], None] | None = None,
               ) -> dict[str, list[dict[str, Any]]]:
@@ -133,6 +144,7 @@ def alternate(workers: dict[str, Worker], steps: int,
                 raise RuntimeError(f"the {side} worker reported step {report['step']} for {step}")
             this_step[side] = report
             reports[side].append(report)
+        check_same_prompts(this_step, step)
         if on_step is not None:
             on_step(step, this_step)
     return reports

@@ -17,14 +17,16 @@ verifier as the reward.
 
 - ``rlvr_jax``: ``rlvr_jax.train.run`` itself, paced by the progress bar it is given
   (:class:`PacedProgress`, whose ``update()`` after each step reports and waits); the split of
-  a step is the run's own ``time/*`` metrics from ``<workdir>/metrics.jsonl``.
+  a step is the run's own ``time/*`` metrics from ``<workdir>/metrics.jsonl``, and the
+  questions it reports are those of the samples it logged (``samples.jsonl``).
 - ``trl``: TRL's ``GRPOTrainer`` with plain ``transformers`` generation, the weights read by
   ``transformers`` from the same GGUF file (its own dequantisation), paced by a
   ``TrainerCallback`` that waits in ``on_step_begin``; generation, reward, the rest of the
   rollout, the loss forward, the backward and the optimizer step are timed by wrapping the
   trainer's methods.
 
-A report holds ``step_s`` (the side's step: ours ``time/step_seconds``, rollout and update;
+A report holds the step's questions (TRL's: every prompt rewarded; the parent checks that
+ours are among them), ``step_s`` (the side's step: ours ``time/step_seconds``, rollout and update;
 TRL's from ``on_step_begin`` to ``on_step_end``), ``window_s`` and the CPU seconds of the
 window it was measured over (ours: from the ``step`` command to the end of the step's
 logging, so it includes the step; TRL's: the step), the split, tokens generated, the worker's
@@ -43,6 +45,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 import resource
 import sys
 import time
@@ -199,6 +202,22 @@ def last_metrics(workdir: pathlib.Path, step: int) -> dict[str, Any]:
     raise RuntimeError(f"no metrics of step {step} in {workdir / 'metrics.jsonl'}")
 
 
+def sampled_questions(workdir: pathlib.Path, step: int) -> list[str]:
+    """The questions of the completions the run logged for ``step`` (``samples.jsonl``, the
+    first ``logging.num_sample_texts`` groups), to check that TRL trained on them too."""
+    questions = []
+    for line in (workdir / "samples.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["step"] == step:
+            for key, text in record.items():
+                if key.startswith("samples/"):
+                    match = re.match(r"QUESTION: (.*?)\nREFERENCE: ", text, re.DOTALL)
+                    if match is None:
+                        raise RuntimeError(f"no question in the logged sample {text[:200]!r}")
+                    questions.append(match.group(1))
+    return questions
+
+
 @dataclasses.dataclass
 class PacedProgress:
     """The progress bar ``rlvr_jax.train.run`` advances once per step: ``update()`` reports
@@ -221,7 +240,7 @@ class PacedProgress:
         self.channel.send(
             REPORT, step=self.step, step_s=metrics["time/step_seconds"], **window, split=split,
             tokens=metrics["train/response_length_mean"] * self.group_rows,
-            **self.meter.memory())
+            questions=sampled_questions(self.workdir, self.step), **self.meter.memory())
         self.channel.wait()
         self.meter.start()
 
@@ -261,9 +280,10 @@ class Timers:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self.tokens = 0
+        self.questions: list[str] = []  # of the completions rewarded in this step
 
     def reset(self) -> None:
-        self.seconds, self.tokens = {}, 0
+        self.seconds, self.tokens, self.questions = {}, 0, []
 
     def add(self, name: str, seconds: float) -> None:
         self.seconds[name] = self.seconds.get(name, 0.0) + seconds
@@ -370,7 +390,9 @@ def run_trl(channel: Channel, steps: int, workdir: pathlib.Path) -> None:
 
     def reward(completions: list[str], row: list[int], **kwargs: Any) -> list[float]:
         del kwargs
-        return task.verify(completions, [examples[i] for i in row]).rewards.tolist()
+        step_examples = [examples[i] for i in row]
+        timers.questions += [example["question"] for example in step_examples]
+        return task.verify(completions, step_examples).rewards.tolist()
 
     rollout, optim, loss = config.rollout, config.optim, config.loss
     if (config.batching.epochs, config.batching.mini_batches,
@@ -430,7 +452,7 @@ def run_trl(channel: Channel, steps: int, workdir: pathlib.Path) -> None:
             step_s = time.perf_counter() - self.began
             channel.send(REPORT, step=self.step, step_s=step_s, **meter.window(),
                          split=trl_split(timers.seconds), tokens=timers.tokens,
-                         **meter.memory())
+                         questions=list(dict.fromkeys(timers.questions)), **meter.memory())
 
     dataset = datasets.Dataset.from_list([{"prompt": text, "row": i}
                                           for i, text in enumerate(texts)])

@@ -22,7 +22,13 @@ FAKE_WORKER = textwrap.dedent("""
     from benchmarks.peer_trl_workers import READY, REPORT, Channel, Stop
 
     side, workdir, log = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3]
-    a, b, logit_shift, fail_at = map(float, sys.argv[4:8])
+    a, b, logit_shift, fail_at, wrong_prompt_at = map(float, sys.argv[4:9])
+
+    def questions(side, step):
+        if side == "rlvr_jax":
+            return [f"q{step}a", "elsewhere" if step == wrong_prompt_at else f"q{step}b"]
+        return [f"q{step}{x}" for x in "abcd"]
+
     channel = Channel()
     print("library chatter on stdout must not reach the parent")
     workdir.mkdir(parents=True)
@@ -44,6 +50,7 @@ FAKE_WORKER = textwrap.dedent("""
                          split={"generation": 0.25 * seconds, "scoring": None,
                                 "update": 0.5 * seconds},
                          tokens=64 + step, peak_rss_bytes=step * 2**30,
+                         questions=questions(side, step),
                          rss_bytes=2**30 if step == 2 else 2**29, children_rss_bytes=2**20)
     except Stop:
         pass
@@ -51,7 +58,7 @@ FAKE_WORKER = textwrap.dedent("""
 COEFFICIENTS = {"rlvr_jax": (10.0, 1.0), "trl": (0.0, 5.0)}
 
 
-def fake_command(tmp_path, logit_shift=0.0, fail_at=0):
+def fake_command(tmp_path, logit_shift=0.0, fail_at=0, wrong_prompt_at=0):
     script = tmp_path / "fake_worker.py"
     script.write_text(FAKE_WORKER)
     log = tmp_path / "commands.log"
@@ -60,7 +67,7 @@ def fake_command(tmp_path, logit_shift=0.0, fail_at=0):
         a, b = COEFFICIENTS[side]
         shift = logit_shift if side == "trl" else 0.0
         return [sys.executable, str(script), side, str(workdir), str(log), str(a), str(b),
-                str(shift), str(fail_at if side == "trl" else 0)]
+                str(shift), str(fail_at if side == "trl" else 0), str(wrong_prompt_at)]
 
     return command, log
 
@@ -114,6 +121,14 @@ def test_a_failing_worker_is_named_with_its_log(tmp_path):
     assert log.read_text().split() == ["rlvr_jax", "1", "trl", "1", "rlvr_jax", "2", "trl", "2"]
 
 
+def test_different_prompts_on_the_two_sides_stop_the_benchmark(tmp_path):
+    command, log = fake_command(tmp_path, wrong_prompt_at=2)
+    with pytest.raises(AssertionError, match=r"step 2: rlvr_jax trained on \['elsewhere'\]"):
+        peer_trl.main(["--steps", "3", "--workdir", str(tmp_path / "run"), "--out",
+                       str(tmp_path / "result.json")], command=command)
+    assert log.read_text().split() == ["rlvr_jax", "1", "trl", "1", "rlvr_jax", "2", "trl", "2"]
+
+
 @pytest.mark.parametrize("argv", [["--steps", "2"], ["--steps", "3", "--warmup", "-1"]])
 def test_too_few_steps_for_the_warmup_is_a_usage_error(argv, capsys):
     with pytest.raises(SystemExit):
@@ -147,6 +162,10 @@ def test_paced_progress_reports_the_runs_own_step_metrics(tmp_path):
         {"step": 1, "eval/pass@1": 0.25},  # a later line of the same step without timings
     ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    samples = {"step": 1, "samples/0": "QUESTION: What is 2 + 3?\nREFERENCE: 5\nREWARD: 1\n"
+               "COMPLETION: 5", "samples/1": "QUESTION: Add 4\nand 4.\nREFERENCE: 8\n"
+               "REWARD: 0\nCOMPLETION: 9\nREFERENCE: 8"}
+    (tmp_path / "samples.jsonl").write_text(json.dumps(samples) + "\n")
     channel = RecordingChannel()
     meter = workers.Meter()
     meter.start()
@@ -158,6 +177,7 @@ def test_paced_progress_reports_the_runs_own_step_metrics(tmp_path):
     assert report["split"] == {"generation": 2.0, "verification": 0.5, "scoring": None,
                                "update": 6.0}
     assert report["tokens"] == 12.5 * 16
+    assert report["questions"] == ["What is 2 + 3?", "Add 4\nand 4."]
     assert report["peak_rss_bytes"] > 0 and report["window_s"] >= 0
     with pytest.raises(RuntimeError, match="no metrics of step 2"):
         progress.update()
