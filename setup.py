@@ -49,6 +49,8 @@ EXTRAS_REQUIRE = {
     "wandb": ["wandb>=0.17"],
     # experiments/run_summary.py plots a run's curves; study_report.py a study's (intervals: scipy).
     "analysis": ["matplotlib>=3.8", "scipy>=1.14"],
+    # benchmarks/peer_trl.py runs TRL's GRPOTrainer beside our loop (transformers generation).
+    "peers": ["trl==1.16.0", "torch==2.13.0", "accelerate>=1.0,<2", "psutil>=5.9"],
 }
 
 setup(
