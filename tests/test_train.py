@@ -102,7 +102,8 @@ def test_cli_runs_logs_checkpoints_and_resumes(tmp_path, model_dir):
     assert second.returncode == 0, second.stderr[-3000:]
     # The resumed run read the update from the cache (the other decode loop is new there).
     assert sorted(p.name for p in cache.iterdir() if "train_step" in p.name) == train_steps
-    assert read_metrics(workdir)[-1]["time/compilation_cache_hits"] > 0
+    resumed_rows = [row for row in read_metrics(workdir) if "train/reward_mean" in row][3:]
+    assert resumed_rows[0]["time/compilation_cache_hits"] > 0
     assert logged_steps(workdir) == [1, 2, 3, 4, 5]  # continued at step 4, no duplicates
     assert checkpoint_steps(workdir)[-1] == 5
     resumed = [row for row in read_metrics(workdir) if "train/reward_mean" in row][3]

@@ -256,11 +256,16 @@ def test_batch_errors_are_named():
         step(state, make_batch())
     state, step, _ = setup({"rollout.correction": "token"})
     with pytest.raises(ValueError, match=r"rollout.correction='token' needs "
-                                         r"batch\['is_weights'\]"):
+                                         r"batch\['sampling_logp'\]"):
         step(state, make_batch())
     batch = make_batch()
-    del batch["old_logp"]
-    with pytest.raises(ValueError, match=r"missing \['old_logp'\]"):
+    del batch["response_mask"]
+    with pytest.raises(ValueError, match=r"missing \['response_mask'\]"):
+        step(state, batch)
+    batch = make_batch()
+    batch["old_logp"] = batch["old_logp"][:, 1:]
+    with pytest.raises(ValueError, match=r"batch\['old_logp'\] has shape \(8, 5\), "
+                                         r"expected \(8, 6\)"):
         step(state, batch)
 
 
