@@ -258,6 +258,7 @@ def test_batch_errors_are_named():
     with pytest.raises(ValueError, match=r"rollout.correction='token' needs "
                                          r"batch\['sampling_logp'\]"):
         step(state, make_batch())
+    state, step, _ = setup()
     batch = make_batch()
     del batch["response_mask"]
     with pytest.raises(ValueError, match=r"missing \['response_mask'\]"):
