@@ -191,3 +191,28 @@ def test_token_logprobs_gradient_flows_to_params(tiny_params):
     expected = jax.jit(jax.grad(loss), static_argnums=1)(params, naive)
     for got, want in zip(jax.tree.leaves(chunked), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_scoring_from_a_position_scores_only_the_tokens_after_it(tiny_params):
+    """``score_from=s`` runs the output layer on the positions predicting tokens ``s..T-1``:
+    those scores and masks equal the full scoring's, every earlier position is 0 and masked,
+    and the gradient is the full scoring's gradient of the same tokens."""
+    tokens = jax.random.randint(jax.random.key(5), (3, 10), 0, TINY.vocab_size)
+    mask = jnp.arange(10)[None, :] >= jnp.array([[0], [3], [7]])  # row 2: padding up to 7
+    full = token_logprobs(TINY, tiny_params, tokens, mask, chunk_size=4)
+    part = token_logprobs(TINY, tiny_params, tokens, mask, chunk_size=4, score_from=6)
+    for got, want in zip(part, full, strict=True):
+        np.testing.assert_allclose(got[:, 6:], want[:, 6:], atol=1e-6)
+        assert not np.any(np.asarray(got[:, :6]))
+    assert not np.asarray(part.mask[2, 7])  # the first real token of row 2 has no prediction
+
+    def total(p, score_from):
+        scores = token_logprobs(TINY, p, tokens, mask, chunk_size=4, score_from=score_from)
+        return jnp.sum(scores.logprobs[:, 6:])
+
+    grads = jax.grad(total)(tiny_params, 6)
+    expected = jax.grad(total)(tiny_params, 1)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match=r"score_from=10 must be in \[1, T\)"):
+        token_logprobs(TINY, tiny_params, tokens, mask, score_from=10)
