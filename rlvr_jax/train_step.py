@@ -48,7 +48,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from rlvr_jax import logprobs, losses, metrics, models, policy_losses, sharding
+from rlvr_jax import advantages, logprobs, losses, metrics, models, policy_losses, sharding
 
 Batch = dict[str, jax.Array]
 BATCH_KEYS = ("tokens", "attention_mask", "response_mask", "old_logp", "advantages")
@@ -143,6 +143,41 @@ def _check_batch(batch: Mapping[str, Any], config: ml_collections.ConfigDict) ->
             f"batch of {N} sequences does not split into batching.mini_batches="
             f"{mini_batches} x batching.micro_batches={micro_batches}"
         )
+
+
+def batch_shapes(config: ml_collections.ConfigDict, num_rows: int, total_len: int,
+                 response_len: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """The train batch of ``config`` as shapes, nothing allocated (``rlvr_jax.compile_check``).
+
+    ``num_rows = N = B * G`` sequences of ``total_len = T = P + L`` tokens with
+    ``response_len = L``: the arrays of the module docstring that ``config`` uses. The
+    advantages are ``[N]`` or ``[N, L]`` as the configured estimator returns them.
+    """
+    G = config.rollout.group_size
+    if num_rows % G or response_len >= total_len:
+        raise ValueError(f"num_rows={num_rows} must be a multiple of rollout.group_size={G} "
+                         f"and response_len={response_len} < total_len={total_len}")
+    B, P = num_rows // G, total_len - response_len
+    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
+    stats = {"logp": f32(B, G, response_len), "response_mask": f32(B, G, response_len),
+             "entropy": f32(B, G, response_len), "prompt_logp": f32(B, P),
+             "prompt_mask": jax.ShapeDtypeStruct((B, P), jnp.bool_)}
+    estimated = jax.eval_shape(
+        lambda rewards, stats: advantages.compute(config.advantage.estimator, rewards, stats,
+                                                  **config.advantage.options),
+        f32(B, G), stats)  # [B, G] or [B, G, L]
+    shapes = {
+        "tokens": jax.ShapeDtypeStruct((num_rows, total_len), jnp.int32),
+        "attention_mask": jax.ShapeDtypeStruct((num_rows, total_len), jnp.bool_),
+        "response_mask": f32(num_rows, response_len),
+        "old_logp": f32(num_rows, response_len),
+        "advantages": f32(num_rows, *estimated.shape[2:]),
+    }
+    if config.loss.kl_coef:
+        shapes["ref_logp"] = f32(num_rows, response_len)
+    if config.rollout.correction != "none":
+        shapes["is_weights"] = f32(num_rows, response_len)
+    return shapes
 
 
 def make_train_step(
@@ -276,4 +311,4 @@ def make_train_step(
     return run
 
 
-__all__ = ["BATCH_KEYS", "TrainState", "create_train_state", "make_train_step"]
+__all__ = ["BATCH_KEYS", "TrainState", "batch_shapes", "create_train_state", "make_train_step"]
