@@ -32,7 +32,9 @@ aliased to donated arguments), temporaries and generated code; the train state's
 stay resident while a program runs without taking them as arguments (the optimizer state
 during generation and scoring, the frozen reference policy of a KL term) are added. Their sum
 is the program's peak estimate; the run fits when every program's fits the chip's memory
-(``rlvr_jax.accelerators``), and the verdict names the largest term of the worst program. FLOPs
+(``rlvr_jax.accelerators``), and the verdict names the largest term of the worst program. The
+TPU compiler refuses outright a program whose buffers exceed the chip's HBM: such a program
+does not fit, and its figure is the bytes the refusal names (a lower bound). FLOPs
 come from ``compiled.cost_analysis()``: per chip, and with every loop's body counted once (the
 layer scan, the micro- and mini-batch scans, the decode ``while`` loop), so they are a
 per-iteration figure, not the step's total. Writes the table as JSON with ``--out``.
@@ -45,6 +47,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -178,10 +181,35 @@ def _abstract_state(config: Any, model: models.ModelConfig, tx: Any, mesh: Any,
     return _with_shardings(abstract, captured["shardings"]), captured["shardings"]
 
 
-def _compile(lowered: Any) -> tuple[Any, float]:
+_REFUSAL = re.compile(r"memory required for ([\w ]+?) \(([\d.]+)([KMGT]?)\) exceeds available "
+                      r"HBM \(([\d.]+)([KMGT]?)\)")
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def refused_bytes(message: str) -> tuple[str, int, int] | None:
+    """What the TPU compiler's out-of-memory refusal names: ``(what, bytes required, bytes of
+    HBM available)``, e.g. ``("HLO temporaries", ...)`` from "the total memory required for
+    HLO temporaries (116.60G) exceeds available HBM (95.74G)"; None for another message."""
+    match = _REFUSAL.search(message)
+    if match is None:
+        return None
+    what, needed, unit, available, available_unit = match.groups()
+    return (what, round(float(needed) * _UNITS[unit]),
+            round(float(available) * _UNITS[available_unit]))
+
+
+def _compile(lowered: Any) -> tuple[Any, float, str | None]:
+    """The compiled program, the compile wall time, and the compiler's out-of-memory refusal
+    (then no program), which the TPU compiler raises instead of compiling an executable whose
+    buffers exceed the chip's HBM."""
     began = time.perf_counter()
-    compiled = lowered.compile()
-    return compiled, time.perf_counter() - began
+    try:
+        compiled, refusal = lowered.compile(), None
+    except jax.errors.JaxRuntimeError as error:
+        if "RESOURCE_EXHAUSTED" not in str(error):
+            raise
+        compiled, refusal = None, str(error).splitlines()[0]
+    return compiled, time.perf_counter() - began, refusal
 
 
 def _flops(compiled: Any) -> float | None:
@@ -257,14 +285,22 @@ def check(config: Any, target: Target, programs: tuple[str, ...] = PROGRAMS,
         say(f"lowering {program}")
         lowered, resident = lower(program)
         say(f"compiling {program}")
-        compiled, seconds = _compile(lowered)
-        memory = _memory(compiled, resident)
+        compiled, seconds, refusal = _compile(lowered)
+        if refusal is None:
+            memory = _memory(compiled, resident)
+            flops, fits = _flops(compiled), None if limit is None else sum(memory.values()) <= limit
+        else:  # the required bytes of what the compiler names: a lower bound of the program's
+            refused = refused_bytes(refusal)
+            required = 0 if refused is None else refused[1]
+            memory = {term: 0 for term in MEMORY_TERMS} | {"temporaries": required,
+                                                           "resident": resident}
+            flops, fits = None, False
         total = sum(memory.values())
-        results[program] = {**memory, "total": total, "flops": _flops(compiled),
-                            "compile_seconds": round(seconds, 2),
-                            "fits": None if limit is None else total <= limit}
+        results[program] = {**memory, "total": total, "flops": flops,
+                            "compile_seconds": round(seconds, 2), "fits": fits,
+                            "compiler_refused": refusal}
         say(f"{program}: {total / accelerators.GIB:.2f} GiB per chip, compiled in "
-            f"{seconds:.1f} s")
+            f"{seconds:.1f} s" + ("" if refusal is None else f" (REFUSED: {refusal})"))
     worst = max(results, key=lambda p: results[p]["total"])
     largest = max(MEMORY_TERMS, key=lambda term: results[worst][term])
     fits = None if limit is None else all(r["fits"] for r in results.values())
@@ -305,8 +341,11 @@ def verdict(result: dict[str, Any]) -> str:
     of = f"of {_gib(result['chip_memory_bytes'])} GiB"
     if result["fits"]:
         return f"{kind}FITS: peak {peak} {of}"
+    refused = [name for name, r in result["programs"].items() if r["compiler_refused"]]
+    refusal = (f"; the TPU compiler refused {', '.join(refused)} (its figure is the refused "
+               "bytes, a lower bound)") if refused else ""
     return (f"{kind}DOES NOT FIT: {peak} {of}; largest contributor: {result['worst_program']} "
-            f"{term} ({_gib(worst[term])} GiB)")
+            f"{term} ({_gib(worst[term])} GiB){refusal}")
 
 
 def print_report(result: dict[str, Any], file: Any = sys.stdout) -> None:
@@ -318,7 +357,8 @@ def print_report(result: dict[str, Any], file: Any = sys.stdout) -> None:
     rows = [header]
     for name, r in result["programs"].items():
         flops = "-" if r["flops"] is None else f"{r['flops'] / 1e12:.2f}"
-        rows.append([name, *(_gib(r[t]) for t in MEMORY_TERMS), _gib(r["total"]), flops,
+        label = f"{name} (REFUSED)" if r["compiler_refused"] else name
+        rows.append([label, *(_gib(r[t]) for t in MEMORY_TERMS), _gib(r["total"]), flops,
                      f"{r['compile_seconds']:.1f}"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:

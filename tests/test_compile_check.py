@@ -119,13 +119,21 @@ def test_verdict_names_the_largest_contributor_of_the_worst_program():
     }
     programs = {name: {k: v * gib for k, v in p.items()} for name, p in programs.items()}
     for p in programs.values():
-        p["total"] = sum(p.values())
+        p["total"], p["compiler_refused"] = sum(p.values()), None
     result = {"programs": programs, "worst_program": "generate", "estimate": False,
               "largest_contributor": "generate temporaries", "chip_memory_bytes": 16 * gib,
               "fits": False, "topology": "v5e:2x2"}
     assert compile_check.verdict(result) == (
         "DOES NOT FIT: 23.00 GiB per chip in generate of 16.00 GiB; largest contributor: "
         "generate temporaries (20.00 GiB)")
+
+
+def test_the_tpu_compilers_refusal_is_read():
+    message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+               "temporaries (116.60G) exceeds available HBM (95.74G).")
+    assert compile_check.refused_bytes(message) == (
+        "HLO temporaries", round(116.60 * 2**30), round(95.74 * 2**30))
+    assert compile_check.refused_bytes("INTERNAL: something else") is None
 
 
 @pytest.mark.parametrize("topology, message", [
