@@ -169,7 +169,8 @@ LIBTPU = importlib.util.find_spec("libtpu") is not None
 @pytest.mark.skipif(not LIBTPU, reason="libtpu not installed (pip install 'jax[tpu]')")
 def test_tpu_topology_compiles_for_the_slice(tmp_path, model_dir):
     """On libtpu's description of a v5e-4 slice (no TPU needed): 4 'TPU v5 lite' chips of
-    16 GiB, the train state split 4 ways."""
+    16 GiB, the train state split 4 ways. (Off a TPU VM run pytest with JAX_PLATFORMS=cpu:
+    libtpu admits one process per machine, and this one's own JAX would otherwise hold it.)"""
     done, result = run_check(tmp_path, model_dir, "v5e:2x2", programs="train_step",
                              env_extra={"JAX_PLATFORMS": "cpu", "TPU_SKIP_MDS_QUERY": "1"})
     assert done.returncode == 0, done.stderr[-5000:]
