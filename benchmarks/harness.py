@@ -1,5 +1,6 @@
-"""What every benchmark script shares: accelerators' data-sheet figures, the record of the
-machine a result was measured on, tables on the terminal and result files.
+"""What every benchmark script shares: accelerators' data-sheet figures (the table of
+``rlvr_jax.accelerators``), the record of the machine a result was measured on, tables on the
+terminal and result files.
 
 Results are JSON files in ``benchmarks/results/`` (:func:`result_path`). Run the scripts from
 the repository root as modules, e.g. ``python -m benchmarks.train_step``.
@@ -15,45 +16,18 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from rlvr_jax import accelerators
+
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
 
 
-@dataclasses.dataclass(frozen=True)
-class Accelerator:
-    """One chip's data-sheet figures: dense (no sparsity) bf16 tensor-core peak in TFLOP/s,
-    memory bandwidth in GB/s and memory in GB."""
-
-    bf16_tflops: float
-    bandwidth_gbs: float
-    memory_gb: float
-
-
-ACCELERATORS: dict[str, Accelerator] = {
-    # Keyed by the words of ``jax.Device.device_kind`` that name the chip ("NVIDIA H100 80GB
-    # HBM3" is the H100 SXM).
-    "H100 80GB HBM3": Accelerator(989.0, 3350.0, 80.0),
-    "H100 PCIe": Accelerator(756.0, 2000.0, 80.0),
-    "H100 NVL": Accelerator(835.0, 3900.0, 94.0),
-    "H200": Accelerator(989.0, 4800.0, 141.0),
-    "A100-SXM4-80GB": Accelerator(312.0, 2039.0, 80.0),
-    "A100-SXM4-40GB": Accelerator(312.0, 1555.0, 40.0),
-    "A100 80GB PCIe": Accelerator(312.0, 1935.0, 80.0),
-    "A100-PCIE-40GB": Accelerator(312.0, 1555.0, 40.0),
-    "L4": Accelerator(121.0, 300.0, 24.0),
-}
-
-
-def data_sheet(device_kind: str) -> Accelerator | None:
-    """The entry of the longest table name all of whose words occur in ``device_kind``."""
-    kind = device_kind.lower()
-    for name in sorted(ACCELERATORS, key=len, reverse=True):
-        if all(word in kind for word in name.lower().split()):
-            return ACCELERATORS[name]
-    return None
+def data_sheet(device_kind: str) -> accelerators.Accelerator | None:
+    """The data sheet of the chip named by ``device_kind`` (``rlvr_jax.accelerators``)."""
+    return accelerators.from_device_kind(device_kind)
 
 
 def machine(**versions: str) -> dict[str, Any]:
-    """The device (with its data sheet on a GPU), CPU count, load average and versions.
+    """The device (with its data sheet on a GPU or TPU), CPU count, load average and versions.
 
     Call it after measuring: the load average is the one at the end of the run. ``versions``
     adds libraries beside Python, JAX and NumPy.
@@ -62,7 +36,7 @@ def machine(**versions: str) -> dict[str, Any]:
     import numpy as np
 
     device = jax.devices()[0]
-    sheet = data_sheet(device.device_kind) if device.platform == "gpu" else None
+    sheet = data_sheet(device.device_kind) if device.platform != "cpu" else None
     return {
         "device": {"platform": device.platform, "kind": device.device_kind,
                    "count": jax.device_count(),

@@ -53,4 +53,7 @@ def get_config(variant: str = "asym_grpo"):
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; this recipe has {VARIANTS}")
     config = math_rl_config("qwen3-4b", "math", "math500")
+    # Sized for a v5p-256 slice (v5p:4x4x8, 128 chips; launch/README.md): 256 rows per update in 2
+    # micro-batches of 128, one sequence per chip (mesh: fsdp over all chips, full remat).
+    config.batching.micro_batches = 2
     return apply_variant(config, variant)

@@ -59,6 +59,9 @@ def get_config(variant: str = "lens"):
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; this recipe has {VARIANTS}")
     config = math_rl_config("qwen2.5-3b", "mixture", "math500", task_options=train_mixture())
+    # Sized for a v5p-128 slice (v5p:4x4x4, 64 chips; launch/README.md): 256 rows per update in 4
+    # micro-batches of 64, one sequence per chip (mesh: fsdp over all chips, full remat).
+    config.batching.micro_batches = 4
     apply_variant(config, variant)
     if variant == "lens":  # the paper's per-sequence average on all-wrong groups
         config.advantage.options.all_wrong_weighting = "per_response"

@@ -241,4 +241,10 @@ def make_logprob_fn(
         with sharding.activate(mesh, rules):
             return jitted(params, tokens, attention_mask, float(temperature))
 
+    def lower(params: Any, tokens: Any, attention_mask: Any, *, temperature: float) -> Any:
+        """The lowering for abstract inputs (``jax.ShapeDtypeStruct``): ``compile_check``."""
+        with sharding.activate(mesh, rules):
+            return jitted.lower(params, tokens, attention_mask, float(temperature))
+
+    run.lower = lower
     return run

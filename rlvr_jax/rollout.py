@@ -131,6 +131,8 @@ class Sampler:
     eos_ids: tuple[int, ...]
     pad_id: int
     unstack_layers: bool  # sampling.generate's per-layer decode loop
+    mesh_and_rules: tuple[Any, Any] | None = None  # the run's (mesh, rules): decode rows
+    # sharded over the batch mesh axes (sampling.generate); None: every device decodes all
 
     def prompt_problem(self, example: dict[str, Any]) -> str | None:
         """Why ``example`` cannot be sampled (its prompt is over ``max_prompt_len`` tokens), or
@@ -178,7 +180,7 @@ class Sampler:
             num_samples=num_samples, strategy=strategy, eos_ids=self.eos_ids,
             prompt_ids=np.asarray(positions, np.int32), pad_id=self.pad_id,
             prompt_bucket=self.prompt_bucket, length_bucket=self.length_bucket,
-            unstack_layers=self.unstack_layers,
+            unstack_layers=self.unstack_layers, mesh_and_rules=self.mesh_and_rules,
         )
         host = {name: to_host(value) for name, value in generation._asdict().items()}
         generated = time.perf_counter()

@@ -22,6 +22,7 @@ compiled ``lax.while_loop`` and applies ``sample_from_logits`` row by row.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from typing import Any, NamedTuple
@@ -30,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlvr_jax import models
+from rlvr_jax import models, sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -364,6 +365,44 @@ def _generate_bucketed(
     return Generation(tokens, mask, *floats, lengths=jnp.sum(mask, axis=-1, dtype=jnp.int32))
 
 
+def lower_generate(
+    config: models.ModelConfig,
+    params: Any,
+    num_prompts: int,
+    prompt_len: int,
+    *,
+    max_new_tokens: int,
+    num_samples: int,
+    strategy: SamplingStrategy,
+    mesh_and_rules: tuple[jax.sharding.Mesh, sharding.LogicalRules],
+    eos_ids: tuple[int, ...] | None = None,
+    length_bucket: int = 64,
+    unstack_layers: bool = True,
+) -> jax.stages.Lowered:
+    """:func:`generate`'s compiled core lowered for abstract inputs, nothing allocated (the
+    ahead-of-time memory check, ``rlvr_jax.compile_check``).
+
+    ``params`` are ``jax.ShapeDtypeStruct`` carrying their shardings; the prompts are
+    ``[num_prompts, prompt_len]`` with ``prompt_len`` already a multiple of the prompt bucket,
+    replicated like the host arrays :func:`generate` is given.
+    """
+    mesh, rules = mesh_and_rules
+    whole = sharding.replicated(mesh)
+    shape = lambda dims, dtype: jax.ShapeDtypeStruct(dims, dtype, sharding=whole)  # noqa: E731
+    eos_ids = tuple(int(i) for i in (config.eos_token_ids if eos_ids is None else eos_ids))
+    eos_shape = _padded_eos_ids(eos_ids).shape  # before the mesh is current: a host array
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    with sharding.activate(mesh, rules):
+        return _generate_bucketed.lower(
+            params, shape((num_prompts, prompt_len), jnp.int32),
+            shape((num_prompts, prompt_len), jnp.bool_), shape((), key.dtype),
+            shape((num_prompts,), jnp.int32), shape((), jnp.int32),
+            shape(eos_shape, jnp.int32), shape((), jnp.int32),
+            config=config, strategy=strategy, num_samples=num_samples,
+            buffer_length=round_up(max_new_tokens, length_bucket), unstack_layers=unstack_layers,
+        )
+
+
 def generate(
     config: models.ModelConfig,
     params: Any,
@@ -380,6 +419,7 @@ def generate(
     prompt_bucket: int = 64,
     length_bucket: int = 64,
     unstack_layers: bool = True,
+    mesh_and_rules: tuple[jax.sharding.Mesh, sharding.LogicalRules] | None = None,
 ) -> Generation:
     """Samples ``num_samples`` completions for each left-padded prompt with a KV cache.
 
@@ -402,6 +442,11 @@ def generate(
     ``models.unstack_cache``): a scan over stacked ``[L, ...]`` arrays would copy each layer's
     slices on every decode step. Pass ``False`` to save that copy's memory (one more set of
     layer weights while generating).
+
+    ``mesh_and_rules``, the run's ``(mesh, logical rules)``, makes them active while the call
+    traces (``sharding.activate``), so the model's activation constraints shard the decode
+    rows, and with them the KV cache, over the batch mesh axes. Without it (or on one
+    device) every device decodes, and holds the cache of, the whole batch.
     """
     if prompt_tokens.ndim != 2 or prompt_mask.shape != prompt_tokens.shape:
         raise ValueError(
@@ -434,19 +479,22 @@ def generate(
     elif jnp.shape(prompt_ids) != (B,):
         raise ValueError(f"prompt_ids must be [B={B}], got shape {jnp.shape(prompt_ids)}")
     eos_ids = tuple(int(i) for i in (config.eos_token_ids if eos_ids is None else eos_ids))
-    out = _generate_bucketed(
-        params,
-        prompt_tokens,
-        prompt_mask,
-        key,
-        jnp.asarray(prompt_ids, jnp.int32),
-        jnp.int32(max_new_tokens),
-        _padded_eos_ids(eos_ids),
-        jnp.int32(pad_id),
-        config=config,
-        strategy=strategy,
-        num_samples=num_samples,
-        buffer_length=buffer_length,
-        unstack_layers=unstack_layers,
-    )
+    active = contextlib.nullcontext() if mesh_and_rules is None else sharding.activate(
+        *mesh_and_rules)
+    with active:
+        out = _generate_bucketed(
+            params,
+            prompt_tokens,
+            prompt_mask,
+            key,
+            jnp.asarray(prompt_ids, jnp.int32),
+            jnp.int32(max_new_tokens),
+            _padded_eos_ids(eos_ids),
+            jnp.int32(pad_id),
+            config=config,
+            strategy=strategy,
+            num_samples=num_samples,
+            buffer_length=buffer_length,
+            unstack_layers=unstack_layers,
+        )
     return Generation(*(x[..., :max_new_tokens] for x in out[:-1]), lengths=out.lengths)

@@ -140,7 +140,7 @@ def run(config: Any, workdir: str, *, model_store: models.ModelStore | None = No
         model_config, tokenizer, task, max_prompt_len=config.rollout.max_prompt_len,
         prompt_bucket=config.rollout.prompt_bucket, length_bucket=config.rollout.length_bucket,
         eos_ids=tuple(int(i) for i in eos_ids), pad_id=int(pad_id),
-        unstack_layers=config.rollout.unstack_decode_layers,
+        unstack_layers=config.rollout.unstack_decode_layers, mesh_and_rules=(mesh, rules),
     )
     stream = rollout.PromptStream(task, config.task.train_split, config.seed)
     eval_sampler = dataclasses.replace(sampler, task=eval_task)

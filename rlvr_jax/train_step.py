@@ -205,6 +205,38 @@ def _check_batch(batch: Mapping[str, Any], config: ml_collections.ConfigDict) ->
         )
 
 
+def batch_shapes(config: ml_collections.ConfigDict, num_rows: int, total_len: int,
+                 response_len: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """The train batch the rollout builds for ``config`` (``rollout.train_batch``), as shapes,
+    nothing allocated (``rlvr_jax.compile_check``).
+
+    ``num_rows = N = B * G`` sequences of ``total_len = T = P + L`` tokens with
+    ``response_len = L``: the arrays of the module docstring that ``config`` uses (rewards, not
+    advantages: the step runs the estimator).
+    """
+    G = config.rollout.group_size
+    if num_rows % G or response_len >= total_len:
+        raise ValueError(f"num_rows={num_rows} must be a multiple of rollout.group_size={G} "
+                         f"and response_len={response_len} < total_len={total_len}")
+    N, T, L = num_rows, total_len, response_len
+    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
+    shapes = {
+        "tokens": jax.ShapeDtypeStruct((N, T), jnp.int32),
+        "attention_mask": jax.ShapeDtypeStruct((N, T), jnp.bool_),
+        "response_mask": f32(N, L),
+        "rewards": f32(N),
+    }
+    if config.rollout.old_logp_source == "sampler":
+        shapes["old_logp"] = f32(N, L)
+    if config.rollout.correction != "none":
+        shapes["sampling_logp"] = f32(N, L)
+    if "prompt_mask" in advantages.spec(config.advantage.estimator).inputs:
+        shapes["prompt_mask"] = jax.ShapeDtypeStruct((N, T - L), jnp.bool_)
+    if config.loss.kl_coef:
+        shapes["ref_logp"] = f32(N, L)
+    return shapes
+
+
 def make_train_step(
     config: ml_collections.ConfigDict,
     model_config: models.ModelConfig,
@@ -439,4 +471,4 @@ def make_train_step(
     return run
 
 
-__all__ = ["BATCH_KEYS", "TrainState", "create_train_state", "make_train_step"]
+__all__ = ["BATCH_KEYS", "TrainState", "batch_shapes", "create_train_state", "make_train_step"]

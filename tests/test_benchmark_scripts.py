@@ -75,14 +75,18 @@ def test_roofline_fraction():
 
 @pytest.mark.parametrize(
     ("kind", "expected"),
-    [("NVIDIA H100 80GB HBM3", (989.0, 3350.0, 80.0)), ("NVIDIA H200", (989.0, 4800.0, 141.0)),
-     ("NVIDIA H100 PCIe", (756.0, 2000.0, 80.0)), ("NVIDIA A100-SXM4-40GB", (312.0, 1555.0, 40.0)),
-     ("NVIDIA A100 80GB PCIe", (312.0, 1935.0, 80.0)), ("cpu", None), ("TPU v4", None)],
+    [("NVIDIA H100 80GB HBM3", (989.0, 3350.0, 80e9)), ("NVIDIA H200", (989.0, 4800.0, 141e9)),
+     ("NVIDIA H100 PCIe", (756.0, 2000.0, 80e9)), ("NVIDIA A100-SXM4-40GB", (312.0, 1555.0, 40e9)),
+     ("NVIDIA A100 80GB PCIe", (312.0, 1935.0, 80e9)), ("cpu", None),
+     ("TPU v4", (275.0, 1200.0, 32 * 2**30)), ("TPU v5", (459.0, 2765.0, 95 * 2**30)),
+     ("TPU v5 lite", (197.0, 819.0, 16 * 2**30)), ("TPU v6 lite", (918.0, 1640.0, 32 * 2**30))],
 )
 def test_accelerator_data_sheet_from_device_kind(kind, expected):
+    """The device kinds JAX reports (TPU kinds as libtpu's topologies name them: a v5p is
+    "TPU v5", a v5e "TPU v5 lite") find their data-sheet row."""
     sheet = harness.data_sheet(kind)
     assert expected == (None if sheet is None else
-                        (sheet.bf16_tflops, sheet.bandwidth_gbs, sheet.memory_gb))
+                        (sheet.bf16_tflops, sheet.bandwidth_gbs, sheet.memory_bytes))
 
 
 def test_result_files_and_tables(tmp_path, capsys):

@@ -19,11 +19,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_processes(script: str, *args: str, devices_per_process: int, num_processes: int = 2,
-                  timeout: float = 600) -> list[dict]:
-    """Runs ``SCRIPT_DIR/script args`` as ``num_processes`` processes of one job, each with
-    ``devices_per_process`` CPU devices; returns the JSON each printed on its last stdout line,
-    in process order. A process that fails fails the caller with its stderr."""
+def start_processes(script: str, *args: str, devices_per_process: int,
+                    num_processes: int = 2) -> list[subprocess.Popen]:
+    """Starts ``SCRIPT_DIR/script args`` as ``num_processes`` processes of one job, each with
+    ``devices_per_process`` CPU devices; returns them in process order."""
     port = free_port()
     children = []
     for process_id in range(num_processes):
@@ -40,9 +39,25 @@ def run_processes(script: str, *args: str, devices_per_process: int, num_process
             [sys.executable, str(SCRIPT_DIR / script), *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         ))
+    return children
+
+
+def finish_processes(children: list[subprocess.Popen], timeout: float = 600) -> list[dict]:
+    """Waits for ``children``; the JSON each printed on its last stdout line, in process order.
+    A process that fails fails the caller with its stderr."""
     results = []
     for child in children:
         stdout, stderr = child.communicate(timeout=timeout)
         assert child.returncode == 0, stderr[-5000:]
         results.append(json.loads(stdout.strip().splitlines()[-1]))
     return results
+
+
+def run_processes(script: str, *args: str, devices_per_process: int, num_processes: int = 2,
+                  timeout: float = 600) -> list[dict]:
+    """Runs ``SCRIPT_DIR/script args`` as ``num_processes`` processes of one job, each with
+    ``devices_per_process`` CPU devices; returns the JSON each printed on its last stdout line,
+    in process order. A process that fails fails the caller with its stderr."""
+    children = start_processes(script, *args, devices_per_process=devices_per_process,
+                               num_processes=num_processes)
+    return finish_processes(children, timeout)

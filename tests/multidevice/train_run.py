@@ -1,8 +1,10 @@
-"""Two RL steps of the toy recipe through ``train.run`` on every process of a job; run by
-tests/test_rollout.py as 2 processes x 4 CPU devices and as 1 process x 8.
+"""RL steps of the toy recipe through ``train.run`` on every process of a job; run by
+tests/test_train_multiprocess.py as 2 processes x 4 CPU devices and as 1 process x 8.
 
-argv: model directory, workdir. Prints, on its last stdout line, the metrics ``train.run``
-returned on this process (the last step's and the final evaluation's).
+argv: model directory, workdir, total steps. Prints, on its last stdout line, the metrics
+``train.run`` returned on this process (the last step's and the final evaluation's). A
+SIGTERM to any process stops every process at the same step boundary, with a checkpoint;
+run again with the same workdir, it resumes there.
 """
 
 from __future__ import annotations
@@ -20,15 +22,21 @@ import toy  # noqa: E402
 from rlvr_jax import train  # noqa: E402
 
 
+def config(model_dir: str, total_steps: int):
+    """The toy recipe with 8 prompts x 8 samples (64 rows over 8 devices), no TensorBoard."""
+    run = toy.toy_config(model_dir)
+    run.total_steps = total_steps
+    run.rollout.prompts_per_step = 8
+    run.logging.tensorboard = False
+    run.eval.num_prompts = 8
+    run.checkpoint.save_every_steps = 100  # only the forced saves: at the end, on SIGTERM
+    return run
+
+
 def main() -> None:
-    model_dir, workdir = sys.argv[1:3]
+    model_dir, workdir, total_steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
     toy.register()
-    config = toy.toy_config(model_dir)
-    config.total_steps = 2
-    config.rollout.prompts_per_step = 4  # N = 32 rows over 8 devices
-    config.logging.tensorboard = False
-    config.eval.num_prompts = 8
-    last = train.run(config, workdir)
+    last = train.run(config(model_dir, total_steps), workdir)
     print(json.dumps({"process_index": jax.process_index(), "metrics": last}))
 
 
