@@ -130,7 +130,7 @@ def run(config: Any, workdir: str, *, model_store: models.ModelStore | None = No
     reference = None
     if config.loss.kl_coef:
         reference = jax.tree.map(jnp.copy, state.params)  # frozen: never donated
-    del params
+    del params, store  # a store made here would keep the loaded weights beside the state's
     step_fn = train_step_lib.make_train_step(config, model_config, tx, mesh, rules, shardings)
     reference_fn = None
     if reference is not None:
