@@ -40,9 +40,6 @@ def get_config(variant: str = "grpo"):
     config.seed = 0
     config.total_steps = 20
     config.model.name = "smollm2-135m-instruct"
-    # Recompute each layer's activations in the backward pass: the update's scratch memory falls
-    # from 3.4 GB to 1.0 GB (benchmarks/host_memory.py) at about the same CPU time.
-    config.model.remat_policy = "full"
     config.task.name = "basic_arithmetic"
     config.task.options = {"answer_format": "last_number", "min_terms": 2, "max_terms": 2,
                            "min_digits": 1, "max_digits": 2, "operators": ("+",),
