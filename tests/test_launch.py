@@ -308,7 +308,8 @@ SHIPPED = {
     "exploration_smollm2": (12, {"seed", "optim.learning_rate", "total_steps",
                                  "eval.every_steps", "eval.samples_per_prompt",
                                  "eval.samples_per_prompt_at_ends", "checkpoint.save_every_steps",
-                                 "checkpoint.keep_last"}),  # 4 methods x 3 seeds
+                                 "checkpoint.keep_last", "rollout.prompt_bucket"}),
+    # 4 methods x 3 seeds
 }
 
 
