@@ -307,10 +307,8 @@ def make_train_step(
             stats["prompt_mask"] = (batch["prompt_mask"][::group_size]
                                     & policy["prompt_valid"][::group_size])  # [B, P]
         rewards = batch["rewards"].reshape(B, group_size)
-        adv = advantages.compute(estimator_name, rewards, stats, **estimator_options)
+        adv = advantages.compute(config.advantage.estimator, rewards, stats, **estimator_options)
         return adv.reshape(N, *adv.shape[2:]).astype(jnp.float32)
-
-    estimator_name = config.advantage.estimator
 
     def completed(batch: Batch, policy: Batch) -> tuple[Batch, Batch]:
         """``batch`` with what it lacks derived from the rollout ``policy`` statistics, and
@@ -322,10 +320,8 @@ def make_train_step(
             derived["is_weights"] = rollout_correction.importance_weights(
                 policy["logp"], batch["sampling_logp"], batch["response_mask"],
                 level=correction, cap=correction_cap)
-        batch = {**batch, **{k: v for k, v in derived.items() if k != "logp"
-                             and k != "entropy"}}
-        if "old_logp" not in batch:
-            batch["old_logp"] = policy["logp"]
+        batch = {"old_logp": policy["logp"], **batch,
+                 **{k: derived[k] for k in ("advantages", "is_weights") if k in derived}}
         return batch, derived
 
     def scoring_pass(params, batch: Batch) -> Batch:
