@@ -287,9 +287,10 @@ def make_train_step(
         return jax.lax.stop_gradient(out)
 
     def needs_policy_for_advantages(batch: Batch) -> bool:
-        return "advantages" not in batch and any(
-            name in ("entropy", "prompt_logp") or (name == "logp" and "old_logp" not in batch)
-            for name in set(estimator.inputs) & set(POLICY_STATISTICS))
+        """Whether the estimator reads a statistic only the rollout policy's scores give."""
+        from_batch = {"logp"} if "old_logp" in batch else set()
+        return "advantages" not in batch and bool(
+            set(estimator.inputs) & (set(POLICY_STATISTICS) - from_batch))
 
     def estimate(batch: Batch, policy: Batch) -> jax.Array:
         """``config.advantage`` on the whole batch's rewards ``[B, G]`` -> ``[N]`` or ``[N, L]``."""
